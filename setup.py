@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vidpar",
+    version="0.1.0",
+    description="Sequence-parallel inference for video diffusion transformers (Wan) on many GPUs",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vidpar", "vidpar.*"]),
+    package_data={"vidpar": ["assets/**/*"]},
+    install_requires=["torch>=2.4", "einops", "safetensors", "numpy"],
+    extras_require={
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "diffusers==0.42.1",
+            "transformers",
+            "accelerate",
+            "av",
+            "tqdm",
+        ],
+        "video": ["av"],
+        "text": ["transformers"],
+        "flash": ["flash-attn"],
+        "xformers": ["xformers"],
+        "deepspeed": ["deepspeed"],
+    },
+    entry_points={"console_scripts": ["vidpar=vidpar.cli:main"]},
+)

@@ -1,0 +1,141 @@
+"""Configuration of the Wan VAE, read from a diffusers ``config.json`` dict, with presets for the real 2.1 / 2.2."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# Per-channel latent statistics of the released VAEs (diffusers' AutoencoderKLWan default / conversion script).
+WAN21_LATENTS_MEAN = [
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+]  # fmt: skip
+WAN21_LATENTS_STD = [
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+]  # fmt: skip
+WAN22_LATENTS_MEAN = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557,
+    -0.1382, 0.0542, 0.2813, 0.0891, 0.1570, -0.0098, 0.0375, -0.1825,
+    -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230,
+    -0.0313, -0.1649, 0.0117, 0.0723, -0.2839, -0.2083, -0.0520, 0.3748,
+    0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+]  # fmt: skip
+WAN22_LATENTS_STD = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013,
+    0.8158, 1.0344, 0.5894, 1.0901, 0.6885, 0.6165, 0.8454, 0.4978,
+    0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093,
+    0.5709, 0.6065, 0.6415, 0.4944, 0.5726, 1.2042, 0.5458, 1.6887,
+    0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+]  # fmt: skip
+
+# diffusers config keys that carry no architecture information.
+_IGNORED_KEYS = {"clip_output", "dropout"}
+
+
+@dataclass(frozen=True)
+class WanVAEConfig:
+    """Architecture of a Wan VAE; field names and defaults follow diffusers' ``AutoencoderKLWan`` (= Wan 2.1)."""
+
+    base_dim: int = 96
+    decoder_base_dim: int | None = None
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()
+    temperal_downsample: tuple[bool, ...] = (False, True, True)
+    latents_mean: tuple[float, ...] = field(default_factory=lambda: tuple(WAN21_LATENTS_MEAN))
+    latents_std: tuple[float, ...] = field(default_factory=lambda: tuple(WAN21_LATENTS_STD))
+    is_residual: bool = False
+    in_channels: int = 3
+    out_channels: int = 3
+    patch_size: int | None = None
+    scale_factor_temporal: int = 4
+    scale_factor_spatial: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.attn_scales:
+            raise ValueError("attn_scales (encoder attention in down blocks) is not supported; released VAEs use []")
+        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(
+                f"temperal_downsample needs len(dim_mult)-1 = {len(self.dim_mult) - 1} entries, "
+                f"got {len(self.temperal_downsample)}"
+            )
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError(
+                f"latents_mean/latents_std need z_dim={self.z_dim} entries, "
+                f"got {len(self.latents_mean)}/{len(self.latents_std)}"
+            )
+        if self.patch_size is not None and self.patch_size < 1:
+            raise ValueError(f"patch_size must be >= 1 or None, got {self.patch_size}")
+
+    @property
+    def decoder_dim(self) -> int:
+        return self.base_dim if self.decoder_base_dim is None else self.decoder_base_dim
+
+    @property
+    def patch(self) -> int:
+        """Pixel patch folded into channels before the encoder (1 when unused)."""
+        return self.patch_size or 1
+
+    @property
+    def video_channels(self) -> int:
+        """Colour channels of the pixel video (``in_channels`` counts patchified channels)."""
+        return self.in_channels // (self.patch * self.patch)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(bool(t) for t in self.temperal_downsample)
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1) * self.patch
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WanVAEConfig":
+        """From a diffusers ``config.json`` dict; ``_``-prefixed metadata is ignored, other unknown keys raise."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in d if k not in names and not k.startswith("_") and k not in _IGNORED_KEYS)
+        if unknown:
+            raise ValueError(f"unknown Wan VAE config keys: {unknown}")
+        kwargs = {k: v for k, v in d.items() if k in names}
+        if kwargs.get("scale_factor_temporal") is None:
+            kwargs.pop("scale_factor_temporal", None)
+        if kwargs.get("scale_factor_spatial") is None:
+            kwargs.pop("scale_factor_spatial", None)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The diffusers ``AutoencoderKLWan`` keyword arguments for this config."""
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    @classmethod
+    def wan21(cls) -> "WanVAEConfig":
+        """The released Wan2.1 VAE (z 16, 4x8x8)."""
+        return cls()
+
+    @classmethod
+    def wan22(cls) -> "WanVAEConfig":
+        """The released Wan2.2 (TI2V-5B) VAE (z 48, 4x16x16, 2x2 patchify, residual up/down shortcuts)."""
+        return cls(
+            base_dim=160,
+            decoder_base_dim=256,
+            z_dim=48,
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_temporal=4,
+            scale_factor_spatial=16,
+            latents_mean=tuple(WAN22_LATENTS_MEAN),
+            latents_std=tuple(WAN22_LATENTS_STD),
+        )

@@ -147,6 +147,9 @@ class FlowUniPCScheduler(FlowSchedulerBase):
             sample: ``[B, ...]`` current latents at ``sigmas[i]``.
         Returns:
             ``[B, ...]`` latents at ``sigmas[i + 1]``, in ``sample.dtype``.
+
+        The update is elementwise (scalar coefficients only), so each rank may step its own shard of the latents.
+        Like diffusers, the (fp32) ``sample`` is kept by reference for the next corrector: do not modify it in place.
         """
         i = self._check_step(timestep)
         if model_output.shape != sample.shape:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 # Number of CLIP image tokens Wan 2.1 I2V feeds to the image cross-attention (FLF2V feeds two images: 2 * 257).
 WAN_IMAGE_TOKENS = 257
@@ -164,7 +165,8 @@ class WanTransformerConfig:
 
 _14B = dict(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824)
 
-WAN_TRANSFORMER_PRESETS: dict[str, WanTransformerConfig] = {
+# Read-only: presets are shared by every caller.
+WAN_TRANSFORMER_PRESETS: Mapping[str, WanTransformerConfig] = MappingProxyType({
     "wan2.1-t2v-1.3b": WanTransformerConfig(dim=1536, num_heads=12, num_layers=30, ffn_dim=8960),
     "wan2.1-t2v-14b": WanTransformerConfig(**_14B),
     # 480P and 720P I2V share one architecture.
@@ -178,4 +180,4 @@ WAN_TRANSFORMER_PRESETS: dict[str, WanTransformerConfig] = {
     "wan2.2-ti2v-5b": WanTransformerConfig(
         dim=3072, num_heads=24, num_layers=30, ffn_dim=14336, in_channels=48, out_channels=48, model_type="ti2v"
     ),
-}
+})

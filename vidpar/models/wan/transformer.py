@@ -24,6 +24,7 @@ from torch import nn
 
 from .rope import WanRotaryEmbedding
 from .transformer_config import WanTransformerConfig
+from .transformer_plan import wan_transformer_plan
 from .transformer_layers import (
     WanAttentionBlock,
     WanHead,
@@ -169,6 +170,10 @@ class WanTransformer3D(nn.Module):
         x = x.reshape(b, f, h, w, pt, ph, pw, -1)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # b c f pt h ph w pw
         return x.reshape(b, -1, f * pt, h * ph, w * pw)
+
+    def parallel_plan(self) -> dict:
+        """The sequence-parallel sharding plan (see ``transformer_plan``), used by ``vidpar.parallelize``."""
+        return wan_transformer_plan()
 
     def extra_repr(self) -> str:
         c = self.config

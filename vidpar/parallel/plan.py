@@ -1,0 +1,157 @@
+"""Declarative sharding plans and the one routine that applies them.
+
+A plan maps submodule paths (``fnmatch`` patterns such as ``"blocks.*.self_attn.attn_op"``) to specs:
+
+- ``ShardOutput(dim)``: the submodule's tensor output(s) become this rank's sequence piece along ``dim``;
+- ``ShardInput(arg, dim, only_ndim)``: a positional input is sharded before the submodule runs;
+- ``GatherOutput(dim)``: the submodule's output is gathered back to the full sequence on every rank;
+- ``SequenceParallel()``: the submodule (an attention op ``forward(q, k, v)`` with ``[B, S, H, D]`` tensors and a
+  ``backend`` attribute) is replaced by a sequence-parallel one.
+
+Model code stays single-device: hooks and submodule swaps do the rest, and ``unparallelize`` removes them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .attention import attention
+from .context import ParallelContext
+
+_APPLIED_ATTR = "_vidpar_applied_plan"
+
+
+class SequenceParallelAttention(nn.Module):
+    """Drop-in for a local attention op: ``forward(q, k, v)`` on this rank's shards, ``[B, S_local, H, D]``."""
+
+    def __init__(self, ctx: ParallelContext, backend: str = "auto") -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.backend = backend
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attention(q, k, v, self.ctx, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        c = self.ctx.config
+        return f"ulysses={c.ulysses}, ring={c.ring}, backend={self.backend!r}"
+
+
+def _map_tensors(value, fn):
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(v, fn) for v in value)
+    if isinstance(value, list):
+        return [_map_tensors(v, fn) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ShardOutput:
+    dim: int
+
+    def apply(self, module: nn.Module, ctx: ParallelContext, applied: "AppliedPlan", path: str) -> None:
+        def hook(_mod, _args, output):
+            return _map_tensors(output, lambda t: ctx.shard_sequence(t, self.dim))
+
+        applied.handles.append(module.register_forward_hook(hook))
+
+
+@dataclass(frozen=True)
+class ShardInput:
+    arg: int = 0
+    dim: int = 1
+    only_ndim: int | None = None  # shard only inputs with this many dims (e.g. per-token timesteps)
+
+    def apply(self, module: nn.Module, ctx: ParallelContext, applied: "AppliedPlan", path: str) -> None:
+        def hook(_mod, args):
+            x = args[self.arg]
+            if not isinstance(x, torch.Tensor) or (self.only_ndim is not None and x.dim() != self.only_ndim):
+                return None
+            return (*args[: self.arg], ctx.shard_sequence(x, self.dim), *args[self.arg + 1 :])
+
+        applied.handles.append(module.register_forward_pre_hook(hook))
+
+
+@dataclass(frozen=True)
+class GatherOutput:
+    dim: int
+
+    def apply(self, module: nn.Module, ctx: ParallelContext, applied: "AppliedPlan", path: str) -> None:
+        def hook(_mod, _args, output):
+            return _map_tensors(output, lambda t: ctx.gather_sequence(t, self.dim))
+
+        applied.handles.append(module.register_forward_hook(hook))
+
+
+@dataclass(frozen=True)
+class SequenceParallel:
+    def apply(self, module: nn.Module, ctx: ParallelContext, applied: "AppliedPlan", path: str) -> None:
+        if not hasattr(module, "backend"):
+            raise TypeError(f"{path}: SequenceParallel replaces attention ops with a 'backend' attribute")
+        applied.swap(path, SequenceParallelAttention(ctx, module.backend))
+
+
+@dataclass
+class AppliedPlan:
+    """What ``apply_plan`` did to one model, so that ``remove_plan`` can undo it."""
+
+    root: nn.Module
+    ctx: ParallelContext
+    handles: list = field(default_factory=list)
+    swapped: dict[str, nn.Module] = field(default_factory=dict)  # path -> original submodule
+
+    def swap(self, path: str, new: nn.Module) -> None:
+        parent_path, _, name = path.rpartition(".")
+        parent = self.root.get_submodule(parent_path) if parent_path else self.root
+        self.swapped[path] = getattr(parent, name)
+        setattr(parent, name, new)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        for path, original in self.swapped.items():
+            parent_path, _, name = path.rpartition(".")
+            setattr(self.root.get_submodule(parent_path) if parent_path else self.root, name, original)
+        self.handles.clear()
+        self.swapped.clear()
+
+
+ParallelPlan = dict  # pattern -> spec; a plain mapping so plans read as data beside the model
+
+
+def apply_plan(model: nn.Module, plan: ParallelPlan, ctx: ParallelContext) -> nn.Module:
+    """Apply ``plan`` to ``model`` in place for the mesh of ``ctx``; returns ``model``.
+
+    Every pattern must match at least one submodule (a plan that silently matches nothing would leave the model
+    single-device). With a single-rank sequence axis nothing is hooked: the model runs as it is.
+    """
+    if getattr(model, _APPLIED_ATTR, None) is not None:
+        raise RuntimeError("this model is already parallelized; call vidpar.unparallelize(model) first")
+    names = [name for name, _ in model.named_modules() if name]
+    matches = {pattern: [n for n in names if fnmatch.fnmatchcase(n, pattern)] for pattern in plan}
+    unmatched = [p for p, m in matches.items() if not m]
+    if unmatched:
+        raise ValueError(f"sharding plan patterns match no submodule of {type(model).__name__}: {unmatched}")
+    applied = AppliedPlan(model, ctx)
+    if ctx.sp_size > 1:
+        for pattern, spec in plan.items():
+            for path in matches[pattern]:
+                spec.apply(model.get_submodule(path), ctx, applied, path)
+    object.__setattr__(model, _APPLIED_ATTR, applied)
+    return model
+
+
+def remove_plan(model: nn.Module) -> nn.Module:
+    """Undo ``apply_plan``: remove hooks and put the original submodules back."""
+    applied = getattr(model, _APPLIED_ATTR, None)
+    if applied is None:
+        raise RuntimeError("this model is not parallelized")
+    applied.remove()
+    object.__setattr__(model, _APPLIED_ATTR, None)
+    return model

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.vae_reference import make_tiny_diffusers_vae, tiny_vae_kwargs
+from vae_reference import make_tiny_diffusers_vae, tiny_vae_kwargs
 from vidpar.models.wan.vae import WanVAE
 from vidpar.models.wan.vae_blocks import AttentionBlock, CausalConv3d, FeatureCache, SpatialConv2d
 from vidpar.models.wan.vae_config import WanVAEConfig
@@ -159,6 +159,7 @@ def test_presets_match_real_diffusers_architecture(kind):
     from diffusers import AutoencoderKLWan
 
     cfg = WanVAEConfig.wan21() if kind == "2.1" else WanVAEConfig.wan22()
+    assert WanVAEConfig.preset(f"wan{kind}") == cfg
     with torch.device("meta"):
         ref = AutoencoderKLWan(**cfg.to_dict())
         ours = WanVAE(cfg)

@@ -39,9 +39,11 @@ class FeatureCache:
         self._entries: dict[nn.Module, torch.Tensor] = {}
 
     def get(self, owner: nn.Module) -> torch.Tensor | None:
+        """The frames ``owner`` stored for the next chunk, ``[B, C, <=CACHE_T, H, W]``, or None on its first chunk."""
         return self._entries.get(owner)
 
     def put(self, owner: nn.Module, frames: torch.Tensor) -> None:
+        """Store ``frames`` ``[B, C, <=CACHE_T, H, W]`` as ``owner``'s context for the next chunk."""
         self._entries[owner] = frames
 
     def clear(self) -> None:

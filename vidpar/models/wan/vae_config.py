@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 # Per-channel latent statistics of the released VAEs (diffusers' AutoencoderKLWan default / conversion script).
 WAN21_LATENTS_MEAN = [
@@ -119,6 +120,14 @@ class WanVAEConfig:
         return d
 
     @classmethod
+    def preset(cls, name: str) -> "WanVAEConfig":
+        """A released VAE's config; ``name`` is one of ``WAN_VAE_PRESETS`` (``"wan2.1"``, ``"wan2.2"``)."""
+        try:
+            return WAN_VAE_PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown Wan VAE preset {name!r}; known: {sorted(WAN_VAE_PRESETS)}") from None
+
+    @classmethod
     def wan21(cls) -> "WanVAEConfig":
         """The released Wan2.1 VAE (z 16, 4x8x8)."""
         return cls()
@@ -139,3 +148,10 @@ class WanVAEConfig:
             latents_mean=tuple(WAN22_LATENTS_MEAN),
             latents_std=tuple(WAN22_LATENTS_STD),
         )
+
+
+# Read-only: presets are shared by every caller (the config itself is frozen).
+# 2.1: all Wan2.1 models and Wan2.2 A14B (T2V/I2V); 2.2: Wan2.2 TI2V-5B.
+WAN_VAE_PRESETS: Mapping[str, WanVAEConfig] = MappingProxyType(
+    {"wan2.1": WanVAEConfig.wan21(), "wan2.2": WanVAEConfig.wan22()}
+)

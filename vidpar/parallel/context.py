@@ -14,6 +14,7 @@ from .config import AXES, ParallelConfig
 from .split import split_offsets, split_sizes
 
 SP_AXIS = "sp"  # the flattened ring x ulysses axis over which tokens are split
+WORLD_AXIS = "world"  # every rank, in rank order (e.g. for the parallel VAE decode)
 
 
 @dataclass
@@ -35,7 +36,7 @@ class ParallelContext:
 
     # ---- ranks and sizes per axis ----
     def axis_size(self, axis: str) -> int:
-        """Number of ranks along ``axis`` ("cfg", "ring", "ulysses" or "sp" = ring x ulysses)."""
+        """Number of ranks along ``axis`` ("cfg", "ring", "ulysses", "sp" = ring x ulysses, or "world")."""
         return self.comm.group(axis).size
 
     def axis_rank(self, axis: str) -> int:
@@ -123,7 +124,7 @@ def _env_world_size() -> int:
 
 
 def _local_context(config: ParallelConfig, device: torch.device) -> ParallelContext:
-    groups = {name: AxisGroup(name, None, [0], 0) for name in (*AXES, SP_AXIS)}
+    groups = {name: AxisGroup(name, None, [0], 0) for name in (*AXES, SP_AXIS, WORLD_AXIS)}
     return ParallelContext(config, 0, 1, device, {a: 0 for a in AXES}, Comm(groups))
 
 
@@ -185,6 +186,7 @@ def _build_context(config: ParallelConfig, device: torch.device) -> ParallelCont
         sp_group, _ = dist.new_subgroups_by_enumeration(sp_lists)
     sp_rank = coords["ring"] * config.ulysses + coords["ulysses"]
     axis_groups[SP_AXIS] = AxisGroup(SP_AXIS, sp_group, sp_ranks, sp_rank)
+    axis_groups[WORLD_AXIS] = AxisGroup(WORLD_AXIS, dist.group.WORLD if world > 1 else None, list(range(world)), rank)
 
     groups = {name: g.group for name, g in axis_groups.items()}
     return ParallelContext(config, rank, world, device, coords, Comm(axis_groups), mesh, groups)

@@ -26,11 +26,18 @@ class VaeGeometry:
     temporal: int
     spatial: int
     z_dim: int
-    params: float  # VAE parameters (weights memory; Wan2.1 VAE ~127M, Wan2.2 VAE ~705M incl. encoder)
+    params: float  # VAE parameters (Wan2.1_VAE.pth 508 MB fp32 -> ~127M; Wan2.2_VAE.pth 2.8 GB -> ~705M)
+    # Decoder FLOPs per output pixel, estimated from the decoder's conv stack (3x3x3 convs, channels 384/192/96
+    # for 2.1 at 1/8..1/1 resolution: ~3 MFLOP per level and output pixel). An estimate, not a measurement.
+    decode_flops_per_pixel: float
+    # Live decoder activations per output pixel of one causal chunk (4 frames), in bytes: a *model to be
+    # calibrated* on a GPU. 2.1: ~7 fp32 tensors of 96-192 channels at full resolution (~4 KB); 2.2 decodes its
+    # last stage at half resolution (2x2 patchify), ~half of that.
+    decode_bytes_per_chunk_pixel: float
 
 
-WAN21_VAE = VaeGeometry(4, 8, 16, 127e6)
-WAN22_VAE = VaeGeometry(4, 16, 48, 705e6)
+WAN21_VAE = VaeGeometry(4, 8, 16, 127e6, 1.0e7, 4096.0)
+WAN22_VAE = VaeGeometry(4, 16, 48, 705e6, 1.0e7, 2048.0)
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,15 @@ def resolve_model(model: str) -> ModelSpec:
     root = cfg_path.parent.parent if cfg_path.parent.name == "transformer" else path
     experts = 2 if (root / "transformer_2").is_dir() else 1
     return ModelSpec(str(path), cfg, _vae_for(cfg), experts)
+
+
+def model_spec(model: "str | WanTransformerConfig | ModelSpec") -> ModelSpec:
+    """A ``ModelSpec`` from a preset name / folder, a bare DiT config (one expert assumed), or a spec."""
+    if isinstance(model, ModelSpec):
+        return model
+    if isinstance(model, WanTransformerConfig):
+        return ModelSpec("custom", model, _vae_for(model))
+    return resolve_model(model)
 
 
 def _vae_for(cfg: WanTransformerConfig) -> VaeGeometry:

@@ -1,0 +1,105 @@
+"""Peak GPU memory of one rank for a layout: weights + the largest live activations + a fixed runtime overhead.
+
+A model, not a measurement: the activation constants below are derived by counting the tensors alive at the
+peak of a Wan block in vidpar's code (bf16 weights/activations, fp32 residual stream); the VAE constants are
+labelled estimates to be calibrated on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vidpar.parallel.split import split_sizes
+
+from .hardware import GB
+from .workload import TEXT_ENCODER_PARAMS, ModelSpec, dit_params
+
+BF16 = 2
+# Attention phase of a block, bytes per local token and per model-dim unit: fp32 residual (4) + modulated input
+# (2) + q/k/v (6) + all-to-all send and receive buffers (12) + head-sharded q/k/v (6) + ring K/V block in hand and
+# in flight (8, ring only; counted always to be safe) + fp32 merged output (4) + output and its exchange (6) ~ 48.
+ATTN_BYTES_PER_TOKEN_DIM = 48
+# FFN phase: fp32 residual, modulated input, output in bf16 and fp32 (12 per dim) + hidden and GELU (4 per ffn).
+FFN_BYTES_PER_TOKEN_DIM = 12
+FFN_BYTES_PER_TOKEN_FFN = 4
+# Per-token timesteps (Wan2.2 TI2V): e0 [S, 6, dim] + e [S, dim] fp32, and the fp64 sinusoid [S, 256].
+PER_TOKEN_TIME_BYTES_PER_DIM = 28
+PER_TOKEN_TIME_BYTES = 256 * 8
+ALLOCATOR_FACTOR = 1.10  # caching-allocator fragmentation on top of live tensors (assumed)
+RUNTIME_OVERHEAD_GB = 3.0  # CUDA context (~0.5 GB), cuBLAS/cuDNN workspaces, NCCL buffers (assumed)
+VAE_CHUNK_FRAMES = 4  # the causal decoder emits 4 frames per latent frame (feature cache between chunks)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per rank, by what holds them, and the peak (``weights + max(phase peaks) + overhead``)."""
+
+    dit_weights: float
+    text_encoder_weights: float
+    vae_weights: float
+    dit_activations: float
+    vae_decode: float
+    overhead: float
+
+    @property
+    def peak(self) -> float:
+        weights = self.dit_weights + self.text_encoder_weights + self.vae_weights
+        return weights + max(self.dit_activations, self.vae_decode) + self.overhead
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak / GB
+
+    def as_gb(self) -> dict[str, float]:
+        keys = ("dit_weights", "text_encoder_weights", "vae_weights", "dit_activations", "vae_decode", "overhead")
+        return {k: round(getattr(self, k) / GB, 3) for k in keys}
+
+
+def estimate_memory(
+    model: ModelSpec,
+    tokens: int,
+    video: tuple[int, int, int],
+    ulysses: int,
+    ring: int,
+    world_size: int,
+    fsdp: bool,
+    vae_mode: str,
+    text_encoder_on_gpu: bool = True,
+) -> MemoryEstimate:
+    """Peak memory of one rank.
+
+    Args:
+        model: the DiT and its VAE.
+        tokens: video tokens S of one forward (batch 1; guidance branches run one after the other or on
+            different ranks, so never two forwards' activations at once).
+        video: ``(frames, height, width)`` of the decoded video.
+        ulysses, ring: sequence-parallel degrees (tokens are split over their product).
+        world_size: GPUs; FSDP shards the DiT and text-encoder weights over all of them.
+        fsdp: shard weights (one unsharded block is kept in flight for prefetch, plus the one computing).
+        vae_mode: ``"single"`` (one rank decodes the whole video) or ``"patch"`` (spatial patches over all ranks).
+        text_encoder_on_gpu: False when umT5 runs on the CPU (then it costs no GPU memory).
+    """
+    cfg = model.config
+    params = dit_params(cfg) * model.experts
+    block_params = params / (cfg.num_layers * model.experts)
+    dit_w = BF16 * (params / world_size + 2 * block_params) if fsdp and world_size > 1 else BF16 * params
+    t5 = BF16 * TEXT_ENCODER_PARAMS if text_encoder_on_gpu else 0.0
+    if fsdp and world_size > 1:
+        t5 /= world_size
+    vae_w = 4.0 * model.vae.params  # the VAE runs in fp32
+
+    local = max(split_sizes(tokens, ulysses * ring))
+    per_token = max(ATTN_BYTES_PER_TOKEN_DIM * cfg.dim, FFN_BYTES_PER_TOKEN_DIM * cfg.dim
+                    + FFN_BYTES_PER_TOKEN_FFN * cfg.ffn_dim)
+    if cfg.model_type == "ti2v":
+        per_token += PER_TOKEN_TIME_BYTES_PER_DIM * cfg.dim + PER_TOKEN_TIME_BYTES
+    # Full-sequence tensors every rank holds: latents, gathered head output and the unpatchified flow (fp32).
+    full = 3 * 4.0 * tokens * cfg.out_channels * cfg.patch_volume
+    acts = ALLOCATOR_FACTOR * (local * per_token + full)
+
+    frames, height, width = video
+    ranks = world_size if vae_mode == "patch" else 1
+    chunk_pixels = VAE_CHUNK_FRAMES * height * width / ranks
+    decoded = 4.0 * 3 * frames * height * width  # the finished fp32 video, assembled on every rank
+    vae = ALLOCATOR_FACTOR * model.vae.decode_bytes_per_chunk_pixel * chunk_pixels + decoded
+    return MemoryEstimate(dit_w, t5, vae_w, acts, vae, RUNTIME_OVERHEAD_GB * GB)

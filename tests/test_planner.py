@@ -16,6 +16,7 @@ from vidpar.planner import (
     auto_parallel_config,
     dit_params,
     forward_flops,
+    gpu_kind_from_name,
     latent_shape,
     make_request,
     plan_layouts,
@@ -166,6 +167,9 @@ def test_unknown_gpu_and_link():
     with pytest.raises(ValueError, match="no NVLink"):
         make_request("wan2.1-t2v-1.3b", 480, 832, 81, 2, 2, gpu="l40s", intra_link="nvlink")
     assert {"h100", "h200", "a100", "l40s", "l40"} <= set(GPUS)
+    assert gpu_kind_from_name("NVIDIA H100 80GB HBM3") == "h100"
+    assert gpu_kind_from_name("NVIDIA H100 PCIe") == "h100-pcie"
+    assert gpu_kind_from_name("NVIDIA L40S") == "l40s" and gpu_kind_from_name("Tesla T4") is None
 
 
 # ---------------------------------------------------------------- command line

@@ -118,3 +118,17 @@ def link_spec(link: str) -> LinkSpec:
     if key not in LINKS:
         raise ValueError(f"unknown link {link!r}; known: {sorted(LINKS)}")
     return LINKS[key]
+
+
+def gpu_kind_from_name(device_name: str) -> str | None:
+    """The table key for a CUDA device name (``torch.cuda.get_device_name()``), or None if not in the table.
+
+    ``"NVIDIA H100 80GB HBM3"`` -> ``"h100"``, ``"NVIDIA H100 PCIe"`` -> ``"h100-pcie"``, ``"NVIDIA L40S"`` ->
+    ``"l40s"``; used by ``parallel="auto"`` when the caller does not name the GPU.
+    """
+    name = device_name.lower()
+    for key, token in (("h200", "h200"), ("h100-pcie", "h100 pcie"), ("h100", "h100"), ("a100", "a100"),
+                       ("l40s", "l40s"), ("l40", "l40")):
+        if token in name:
+            return key
+    return None

@@ -12,7 +12,7 @@ from vidpar.models.wan.transformer_config import WanTransformerConfig
 from vidpar.parallel.config import ParallelConfig
 
 from . import hardware as hw
-from .cost import Cluster, step_time, vae_decode_time
+from .cost import Cluster, step_time, vae_decode_time, vae_halo_bytes
 from .memory import estimate_memory
 from .workload import ModelSpec, latent_shape, model_spec, num_tokens
 
@@ -46,6 +46,7 @@ class LayoutPlan:
     step_time_s: float = 0.0
     denoise_time_s: float = 0.0
     vae_time_s: float = 0.0
+    vae_comm_bytes_per_gpu: int = 0  # estimated halo bytes of a patch-parallel decode (not exact; see comm_model)
     total_time_s: float = 0.0
     compute_s: float = 0.0
     exposed_comm_s: float = 0.0
@@ -129,6 +130,8 @@ def evaluate(req: Request, u: int, r: int, c: int, fsdp: bool, vae_mode: str, t_
     plan.denoise_time_s = req.steps * st.total_s
     plan.vae_time_s = vae_decode_time(req.model, (req.frames, req.height, req.width), vae_mode, cl)
     plan.total_time_s = plan.denoise_time_s + plan.vae_time_s
+    if vae_mode == "patch" and cl.gpus > 1:
+        plan.vae_comm_bytes_per_gpu = int(vae_halo_bytes((req.frames, req.height, req.width)))
     plan.scaling_efficiency = t_one / (cl.gpus * st.total_s)
 
     mem = estimate_memory(req.model, tokens, (req.frames, req.height, req.width), u, r, cl.gpus, fsdp, vae_mode,

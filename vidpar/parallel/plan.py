@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .attention import attention
-from .context import ParallelContext
+from .context import SP_AXIS, ParallelContext
 
 _APPLIED_ATTR = "_vidpar_applied_plan"
 
@@ -125,6 +125,17 @@ class AppliedPlan:
 ParallelPlan = dict  # pattern -> spec; a plain mapping so plans read as data beside the model
 
 
+class AxisPlan(dict):
+    """A plan applied when mesh axis ``axis`` has more than one rank (a plain dict plan uses ``"sp"``).
+
+    The parallel VAE decode uses every rank (``"world"``), whatever the DiT's layout.
+    """
+
+    def __init__(self, axis: str, specs: dict) -> None:
+        super().__init__(specs)
+        self.axis = axis
+
+
 def apply_plan(model: nn.Module, plan: ParallelPlan, ctx: ParallelContext) -> nn.Module:
     """Apply ``plan`` to ``model`` in place for the mesh of ``ctx``; returns ``model``.
 
@@ -139,7 +150,7 @@ def apply_plan(model: nn.Module, plan: ParallelPlan, ctx: ParallelContext) -> nn
     if unmatched:
         raise ValueError(f"sharding plan patterns match no submodule of {type(model).__name__}: {unmatched}")
     applied = AppliedPlan(model, ctx)
-    if ctx.sp_size > 1:
+    if ctx.axis_size(getattr(plan, "axis", SP_AXIS)) > 1:
         for pattern, spec in plan.items():
             for path in matches[pattern]:
                 spec.apply(model.get_submodule(path), ctx, applied, path)

@@ -207,6 +207,24 @@ def _check_5d(name: str, x: torch.Tensor, channels: int) -> None:
         raise ValueError(f"{name} has an empty batch/time/space dim: shape {tuple(x.shape)}")
 
 
+class FrameDecodeLoop(nn.Module):
+    """The decode loop: the decoder over latent frames one at a time (one ``FeatureCache``), then unpatchify + clamp.
+
+    A parameterless submodule of :class:`WanVAE` so that a parallel plan can swap the whole loop (patch / pipeline
+    decoding, see ``vae_plan``) without touching the model code.
+    """
+
+    def __init__(self, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+
+    def forward(self, decoder: "WanDecoder3d", x: torch.Tensor) -> torch.Tensor | None:
+        """x ``[B, z_dim, T, h, w]`` (after ``post_quant_conv``) -> video ``[B, 3, 1 + 4*(T-1), h*s, w*s]``."""
+        cache = FeatureCache()
+        frames = [decoder(x[:, :, i : i + 1], cache, first_chunk=(i == 0)) for i in range(x.shape[2])]
+        return unpatchify(torch.cat(frames, dim=2), self.patch).clamp(-1.0, 1.0)
+
+
 class WanVAE(nn.Module):
     """Wan 2.1 / 2.2 VAE. Parameter names are diffusers' (``encoder.*``, ``quant_conv``, ``post_quant_conv``,
     ``decoder.*``), so ``load_state_dict`` takes a diffusers state dict as is."""
@@ -219,6 +237,7 @@ class WanVAE(nn.Module):
         self.quant_conv = CausalConv3d(2 * z, 2 * z, 1)
         self.post_quant_conv = CausalConv3d(z, z, 1)
         self.decoder = WanDecoder3d(self.config)
+        self.decode_loop = FrameDecodeLoop(self.config.patch)  # no parameters; swapped by parallel plans
 
     @classmethod
     def from_pretrained(
@@ -266,17 +285,27 @@ class WanVAE(nn.Module):
         Args:
             z: ``[B, z_dim, T, h, w]``, T >= 1.
         Returns:
-            video ``[B, 3, 1 + 4*(T-1), h*s, w*s]`` in [-1, 1] (s = 8 for 2.1, 16 for 2.2).
+            video ``[B, 3, 1 + 4*(T-1), h*s, w*s]`` in [-1, 1] (s = 8 for 2.1, 16 for 2.2). After
+            ``vidpar.parallelize(vae, ctx, output="rank0")`` ranks other than 0 return None.
         """
         _check_5d("latents", z, self.config.z_dim)
         z = z.to(self.post_quant_conv.weight.dtype)
         x = self.post_quant_conv(z)  # 1x1x1: per pixel and per frame, so applied to all frames at once
-        cache = FeatureCache()
-        frames = [
-            self.decoder(x[:, :, i : i + 1], cache, first_chunk=(i == 0)) for i in range(x.shape[2])
-        ]
-        out = unpatchify(torch.cat(frames, dim=2), self.config.patch)
-        return out.clamp(-1.0, 1.0)
+        return self.decode_loop(self.decoder, x)
+
+    def parallel_plan(self, vae_mode: str = "auto", output: str = "all", pipeline_degree: int | None = None):
+        """The plan ``vidpar.parallelize(vae, ctx, **options)`` applies: decode over every rank of the world.
+
+        Args:
+            vae_mode: ``"patch"`` (latent rows split over the ranks, halo exchange), ``"pipeline"`` (decoder
+                stages on different ranks, latent frames streamed through), ``"combined"`` (pipeline x patch) or
+                ``"auto"`` (chosen per call; see ``vae_plan``).
+            output: ``"all"`` (the video on every rank) or ``"rank0"`` (on rank 0; other ranks get None).
+            pipeline_degree: pipeline stage groups for ``"combined"`` (default 2).
+        """
+        from .vae_plan import wan_vae_plan
+
+        return wan_vae_plan(self, vae_mode=vae_mode, output=output, pipeline_degree=pipeline_degree)
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Encode a video to the mean of the latent distribution (``AutoencoderKLWan.encode(x).latent_dist.mean``).

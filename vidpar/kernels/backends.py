@@ -2,7 +2,7 @@
 
 Every backend takes ``q [B, Sq, H, D]``, ``k [B, Sk, H, D]``, ``v [B, Sk, H, Dv]`` and computes non-causal
 softmax attention with scale ``1/sqrt(D)``. Backends that can return the log-sum-exp of the attention logits
-(natural log, fp32, ``[B, H, Sq]``) say so in ``BackendSpec.has_lse``; ring attention needs it to merge partial
+(natural log, fp32 — float64 for float64 inputs — ``[B, H, Sq]``) say so in ``BackendSpec.has_lse``; ring attention needs it to merge partial
 results, and refuses backends that cannot give a correct one.
 
 This module imports nothing from the rest of vidpar.
@@ -49,7 +49,11 @@ def _math_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.
     lse = torch.logsumexp(logits, dim=-1)
     probs = torch.exp(logits - lse.unsqueeze(-1))
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v.to(acc))
-    return out.to(q.dtype), lse.float()
+    return out.to(q.dtype), _lse_dtype(lse, q)
+
+
+def _lse_dtype(lse: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    return lse.double() if q.dtype == torch.float64 else lse.float()
 
 
 def _math_plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -64,7 +68,7 @@ def _sdpa_cpu_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[to
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         _bhsd(q), _bhsd(k), _bhsd(v), dropout_p=0.0, is_causal=False
     )
-    return _bhsd(out), lse.float()
+    return _bhsd(out), _lse_dtype(lse, q)
 
 
 def _sdpa_flash_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +195,8 @@ def attention_with_lse(
     B, Sq, H, _ = q.shape
     if k.shape[1] == 0 or Sq == 0 or H == 0:
         out = q.new_zeros(B, Sq, H, v.shape[-1])
-        return out, torch.full((B, H, Sq), float("-inf"), device=q.device, dtype=torch.float32)
+        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        return out, torch.full((B, H, Sq), float("-inf"), device=q.device, dtype=lse_dtype)
     spec = resolve_backend(backend, q.device, q.dtype, need_lse=True)
     return spec.lse_fn(q, k, v)  # type: ignore[misc]
 

@@ -6,8 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class PartialAttention:
-    """Running result of attention over some key blocks, in fp32.
+    """Running result of attention over some key blocks, in fp32 (float64 inputs stay float64).
 
     ``out [B, S, H, D]`` and ``lse [B, S, H, 1]`` (stored sequence-major to broadcast against ``out``). Blocks
     with no keys are never merged, so every merged LSE is finite.
@@ -19,8 +23,8 @@ class PartialAttention:
 
     def merge(self, block_out: torch.Tensor, block_lse: torch.Tensor) -> None:
         """Fold in one block: ``block_out [B, S, H, D]``, ``block_lse [B, H, S]`` (natural log)."""
-        block_out = block_out.float()
-        block_lse = block_lse.transpose(1, 2).unsqueeze(-1).float()
+        block_out = _acc(block_out)
+        block_lse = _acc(block_lse.transpose(1, 2).unsqueeze(-1))
         if self.out is None:
             self.out, self.lse = block_out, block_lse
             return

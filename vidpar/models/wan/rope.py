@@ -59,7 +59,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
     ``cos``/``sin`` are ``[1 or B, S, 1, D // 2]``; the rotation is done in fp32 and cast back to ``x.dtype``.
     """
-    xf = x.float().unflatten(-1, (-1, 2))
+    xf = (x if x.dtype == torch.float64 else x.float()).unflatten(-1, (-1, 2))
     x1, x2 = xf[..., 0], xf[..., 1]
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)

@@ -26,6 +26,7 @@ from .rope import WanRotaryEmbedding
 from .transformer_config import WanTransformerConfig
 from .transformer_plan import wan_transformer_plan
 from .transformer_layers import (
+    wide,
     WanAttentionBlock,
     WanHead,
     WanImageEmbedding,
@@ -148,7 +149,7 @@ class WanTransformer3D(nn.Module):
         grid = self.grid_size(latents)
         self._check_inputs(latents, timestep, text_states, image_states, math.prod(grid))
 
-        x = self.patch_embedding(latents).float()  # [B, S, dim]; the residual stream is fp32
+        x = wide(self.patch_embedding(latents))  # [B, S, dim]; the residual stream is fp32 (or fp64)
         rope = self.rope(grid, device=latents.device)
         e, e0 = self.time_embedder(timestep)
 

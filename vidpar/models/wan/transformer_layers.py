@@ -1,7 +1,9 @@
 """Building blocks of the Wan DiT. Parameter names follow the official Wan checkpoints.
 
 Precision policy (as in the official code): normalisation, timestep embedding and AdaLN modulation run in fp32,
-the residual stream is fp32, and the Linear layers run in the parameters' dtype.
+the residual stream is fp32, and the Linear layers run in the parameters' dtype. "fp32" means at least fp32: a
+float64 model stays float64 throughout (``wide``), which makes results of different parallel layouts agree to
+~1e-15 rather than ~1e-7.
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ from vidpar.kernels import LocalAttention
 from .rope import apply_rotary
 
 
+def wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in fp32, or kept in float64 if it already is (the "fp32" of the precision policy)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class WanLayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 whatever the input or parameter dtype; returns fp32 ``[..., dim]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+        w = None if self.weight is None else wide(self.weight)
+        b = None if self.bias is None else wide(self.bias)
+        return F.layer_norm(wide(x), self.normalized_shape, w, b, self.eps)
 
 
 class WanRMSNorm(nn.Module):
@@ -35,7 +42,7 @@ class WanRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = wide(x)
         normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return normed.to(x.dtype) * self.weight.to(x.dtype)
 
@@ -83,8 +90,8 @@ class WanTimeEmbedding(nn.Module):
         b, n = t.shape
         sin = sinusoidal_embedding(self.freq_dim, t.flatten()).unflatten(0, (b, n))
         wdtype = self.time_embedding[0].weight.dtype
-        e = self.time_embedding(sin.to(wdtype)).float()
-        e0 = self.time_projection(e.to(wdtype)).float().unflatten(-1, (6, self.dim))
+        e = wide(self.time_embedding(sin.to(wdtype)))
+        e0 = wide(self.time_projection(e.to(wdtype))).unflatten(-1, (6, self.dim))
         return e, e0
 
 
@@ -185,14 +192,14 @@ class WanAttentionBlock(nn.Module):
     ) -> torch.Tensor:
         """x ``[B, S, dim]`` fp32, e0 ``[B, 1 or S, 6, dim]``, context ``[B, L, dim]`` -> ``[B, S, dim]`` fp32."""
         dtype = self.ffn[0].weight.dtype
-        mod = (self.modulation.float().unsqueeze(0) + e0.float()).unbind(2)  # six [B, 1 or S, dim]
+        mod = (wide(self.modulation).unsqueeze(0) + wide(e0)).unbind(2)  # six [B, 1 or S, dim]
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod
 
         h = _modulate(self.norm1(x), shift_sa, scale_sa).to(dtype)
-        x = x + self.self_attn(h, rope).float() * gate_sa
-        x = x + self.cross_attn(self.norm3(x).to(dtype), context, context_img).float()
+        x = x + wide(self.self_attn(h, rope)) * gate_sa
+        x = x + wide(self.cross_attn(self.norm3(x).to(dtype), context, context_img))
         h = _modulate(self.norm2(x), shift_ff, scale_ff).to(dtype)
-        return x + self.ffn(h).float() * gate_ff
+        return x + wide(self.ffn(h)) * gate_ff
 
 
 class WanHead(nn.Module):
@@ -206,7 +213,7 @@ class WanHead(nn.Module):
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x ``[B, S, dim]``, e ``[B, 1 or S, dim]`` (time embedding) -> ``[B, S, out_channels * prod(patch)]``."""
-        shift, scale = (self.modulation.float().unsqueeze(0) + e.float().unsqueeze(2)).unbind(2)
+        shift, scale = (wide(self.modulation).unsqueeze(0) + wide(e).unsqueeze(2)).unbind(2)
         return self.head(_modulate(self.norm(x), shift, scale).to(self.head.weight.dtype))
 
 
@@ -234,7 +241,7 @@ class WanImageEmbedding(nn.Module):
         dtype = self.proj[1].weight.dtype
         x = image_states
         if self.pos_len is not None:
-            x = x.reshape(-1, self.pos_len, x.shape[-1]).float() + self.emb_pos.float()
+            x = wide(x.reshape(-1, self.pos_len, x.shape[-1])) + wide(self.emb_pos)
         x = self.proj[0](x).to(dtype)
         x = self.proj[3](self.proj[2](self.proj[1](x)))
         return self.proj[4](x).to(dtype)

@@ -1,0 +1,300 @@
+"""prompt -> text states -> noise -> denoise loop (sequence- and CFG-parallel) -> VAE decode -> Video."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from vidpar.checkpoint import DenoiseCheckpoint, GenerationInterrupted, StopRequest
+from vidpar.models.wan.components import WanComponents, check_source, load_components
+from vidpar.models.wan.text_encoder import check_prompts
+from vidpar.parallel import ParallelConfig, ParallelContext, init_parallel
+from vidpar.parallelize import parallelize
+from vidpar.schedulers import make_scheduler
+from vidpar.video import Video, to_uint8_frames
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation's settings; identical on every rank."""
+
+    prompt: str
+    negative_prompt: str = ""
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+    num_steps: int = 50
+    guidance_scale: float = 5.0
+    guidance_scale_2: float | None = None  # low-noise expert (Wan 2.2 A14B); defaults to guidance_scale
+    seed: int = 0
+    scheduler: str = "unipc"
+    flow_shift: float | None = None  # None: the checkpoint's
+
+
+def latent_shape(comps: WanComponents, req: GenerationRequest) -> tuple[int, int, int, int, int]:
+    """``[1, z_dim, T, h, w]`` for a request; raises ``ValueError`` for impossible sizes (no collective)."""
+    vae = comps.vae.config
+    pt, ph, pw = comps.transformer.config.patch_size
+    st, ss = vae.scale_factor_temporal, vae.scale_factor_spatial
+    if req.num_frames < 1 or (req.num_frames - 1) % st:
+        raise ValueError(f"num_frames must be of the form {st}k+1 (1, 5, 9, ..., 81), got {req.num_frames}")
+    for name, size, p in (("height", req.height, ph), ("width", req.width, pw)):
+        if size < 1 or size % (ss * p):
+            raise ValueError(f"{name} must be a positive multiple of {ss * p} (VAE stride x patch), got {size}")
+    t = (req.num_frames - 1) // st + 1
+    if t % pt:
+        raise ValueError(f"{t} latent frames are not divisible by the temporal patch {pt}")
+    if req.num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {req.num_steps}")
+    return (1, vae.z_dim, t, req.height // ss, req.width // ss)
+
+
+def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The starting latents: drawn on CPU from ``seed`` alone, so every world size and mesh gets the same noise."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+class Pipeline:
+    """Wan text-to-video on a parallel mesh. Build with ``Pipeline.from_pretrained``."""
+
+    def __init__(self, comps: WanComponents, ctx: ParallelContext, dtype: torch.dtype, vae_mode: str = "auto") -> None:
+        if ctx.config.cfg > 2:
+            raise ValueError(f"cfg degree must be 1 or 2 (two guidance branches), got {ctx.config.cfg}")
+        self.comps = comps
+        self.ctx = ctx
+        self.dtype = dtype
+        self.vae_mode = vae_mode
+        self.latent_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        for dit in (comps.transformer, comps.transformer_2):
+            if dit is not None:
+                parallelize(dit, ctx)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_name: str | Path,
+        parallel: ParallelConfig | str | None = None,
+        dtype: torch.dtype | None = None,
+        attention_backend: str = "auto",
+        vae_mode: str = "auto",
+    ) -> "Pipeline":
+        """Load a built-in model (``"tiny"``) or a Wan checkpoint folder and set up the mesh.
+
+        Args:
+            parallel: a ``ParallelConfig``; ``"auto"`` lets the planner choose for this world size; None: Ulysses
+                over every rank.
+            dtype: weights/compute dtype; default bf16 on CUDA, fp32 on CPU.
+        """
+        source = check_source(path_or_name)  # every rank, before any collective or weight
+        ctx = init_parallel(_resolve_parallel(parallel, source))
+        if dtype is None:
+            dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
+        holds_text_encoder = ctx.rank == 0  # the only rank that encodes; the others receive the states
+        comps = ctx_agree(ctx, lambda: load_components(source, dtype, ctx.device, holds_text_encoder, attention_backend))
+        return cls(comps, ctx, dtype, vae_mode)
+
+    # ---- the steps of a generation ----
+
+    def validate(self, req: GenerationRequest) -> tuple[int, ...]:
+        """Check a request on this rank (identical everywhere): sizes, prompt lengths, scheduler name."""
+        shape = latent_shape(self.comps, req)
+        check_prompts(self.comps.tokenizer, [req.prompt, req.negative_prompt], self.comps.text_len)
+        make_scheduler(req.scheduler, 1.0)
+        return shape
+
+    def encode_text(self, req: GenerationRequest) -> torch.Tensor:
+        """``[2, L, text_dim]`` (prompt, negative prompt): encoded once on rank 0 and broadcast to all ranks."""
+        dim = self.comps.transformer.config.text_dim
+        states = torch.empty(2, self.comps.text_len, dim, device=self.ctx.device, dtype=self.dtype)
+
+        def encode():
+            out, _ = self.comps.text_encoder.encode([req.prompt, req.negative_prompt], self.comps.text_len)
+            states.copy_(out)
+
+        ctx_agree(self.ctx, encode, only_rank0=True)
+        return self.ctx.comm.broadcast(states, 0, "world")
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        text: torch.Tensor,
+        req: GenerationRequest,
+        checkpoint: DenoiseCheckpoint | None = None,
+        stop: StopRequest | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Run the sampler. latents ``[1, z, T, h, w]`` full on every rank; returns the final latents."""
+        comps = self.comps
+        sched = make_scheduler(req.scheduler, req.flow_shift or comps.flow_shift)
+        sched.set_timesteps(req.num_steps, device=self.ctx.device)
+        start = 0
+        if checkpoint is not None and (state := checkpoint.load()) is not None:
+            start = int(state["step"])
+            latents = state["latents"].to(device=latents.device, dtype=latents.dtype)
+            sched.load_state_dict(_to_device(state["scheduler"], self.ctx.device))
+        cond, uncond = text[:1], text[1:]
+        boundary = comps.boundary_ratio * sched.num_train_timesteps if comps.boundary_ratio else None
+        bar = _progress(req.num_steps, start) if progress and self.ctx.rank == 0 else None
+        for i in range(start, req.num_steps):
+            t = sched.timesteps[i]
+            low_noise = boundary is not None and comps.transformer_2 is not None and t.item() < boundary
+            model = comps.transformer_2 if low_noise else comps.transformer
+            scale = (req.guidance_scale_2 or req.guidance_scale) if low_noise else req.guidance_scale
+            with torch.no_grad():
+                flow = self._guided_flow(model, latents, t, cond, uncond, scale)
+            latents = sched.step(flow, t, latents)
+            if bar is not None:
+                bar.update(1)
+            stopping = stop is not None and self._any_rank(stop.is_set())
+            if checkpoint is not None and (stopping or (i + 1) % checkpoint.every == 0) and self.ctx.rank == 0:
+                checkpoint.save(i + 1, latents, sched.state_dict())
+            if stopping:
+                if bar is not None:
+                    bar.close()
+                raise GenerationInterrupted(i + 1, checkpoint.path if checkpoint else None)
+        if bar is not None:
+            bar.close()
+        return latents
+
+    def _guided_flow(self, model, latents, t, cond, uncond, scale: float) -> torch.Tensor:
+        """Classifier-free guidance; with cfg=2 the two branches run on the two cfg rank groups."""
+        x = latents.to(self.dtype)
+        ts = t.reshape(1).to(torch.float32).expand(x.shape[0])
+        if scale <= 1.0:
+            return model(x, ts, cond).to(latents.dtype)
+        if self.ctx.config.cfg == 2:
+            mine = cond if self.ctx.coords["cfg"] == 0 else uncond
+            both = self.ctx.comm.all_gather(model(x, ts, mine).to(latents.dtype).contiguous(), "cfg")
+            flow_c, flow_u = both[0], both[1]
+        else:
+            flow_c = model(x, ts, cond).to(latents.dtype)
+            flow_u = model(x, ts, uncond).to(latents.dtype)
+        return flow_u + scale * (flow_c - flow_u)
+
+    def _any_rank(self, flag: bool) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0], device=self.ctx.device)
+        return self.ctx.comm.all_reduce(t, "world").item() > 0
+
+    def decode(self, latents: torch.Tensor, output: str = "rank0") -> Video:
+        """De-normalise and decode; frames on rank 0 (``output="rank0"``) or on every rank (``"all"``)."""
+        vae = self.comps.vae
+        with torch.no_grad():
+            z = vae.denormalize_latents(latents.to(next(vae.parameters()).dtype))
+            video = vae.decode(z)
+        keep = output == "all" or self.ctx.rank == 0
+        return Video(to_uint8_frames(video[0].float()) if keep and video is not None else None)
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str | None = None,
+        *,
+        height: int = 480,
+        width: int = 832,
+        num_frames: int = 81,
+        num_steps: int = 50,
+        guidance_scale: float = 5.0,
+        guidance_scale_2: float | None = None,
+        seed: int = 0,
+        scheduler: str = "unipc",
+        flow_shift: float | None = None,
+        output: str = "rank0",
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 1,
+        stop: StopRequest | None = None,
+        progress: bool = False,
+    ) -> Video:
+        """Generate one clip. Same arguments on every rank; returns a ``Video`` (frames on rank 0 by default).
+
+        ``checkpoint_dir``: snapshot latents + scheduler state every ``checkpoint_every`` steps and resume from an
+        existing snapshot of the same request; ``stop`` (see ``StopRequest``) ends the run after the current step
+        with ``GenerationInterrupted`` once any rank's flag is set.
+        """
+        if output not in ("rank0", "all"):
+            raise ValueError(f"output must be 'rank0' or 'all', got {output!r}")
+        req = GenerationRequest(
+            prompt, negative_prompt or "", height, width, num_frames, num_steps, guidance_scale,
+            guidance_scale_2, seed, scheduler, flow_shift,
+        )
+        shape = self.validate(req)
+        ckpt = None
+        if checkpoint_dir is not None:
+            ckpt = DenoiseCheckpoint(Path(checkpoint_dir), checkpoint_every, {**asdict(req), "model": self.comps.name})
+        text = self.encode_text(req)
+        latents = initial_noise(shape, seed, self.ctx.device, self.latent_dtype)
+        latents = self.denoise(latents, text, req, ckpt, stop, progress)
+        video = self.decode(latents, output)
+        if ckpt is not None:
+            ckpt_done_barrier(self.ctx)
+            if self.ctx.rank == 0:
+                ckpt.clear()
+        return video
+
+
+def ckpt_done_barrier(ctx: ParallelContext) -> None:
+    """Every rank has finished with the snapshot before rank 0 deletes it."""
+    if ctx.world_size > 1:
+        ctx.comm.all_reduce(torch.zeros(1, device=ctx.device), "world")
+
+
+def ctx_agree(ctx: ParallelContext, fn, only_rank0: bool = False):
+    """Run ``fn`` (on rank 0 only if ``only_rank0``) and make every rank raise if any rank failed.
+
+    Without this, a rank that fails alone (a corrupt file, an out-of-memory) would leave the others waiting in
+    their next collective until a timeout.
+    """
+    result, error = None, None
+    if not only_rank0 or ctx.rank == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            error = e
+    if ctx.world_size > 1:
+        flags = torch.zeros(ctx.world_size, device=ctx.device)
+        flags[ctx.rank] = 1.0 if error is not None else 0.0
+        ctx.comm.all_reduce(flags, "world")
+        failed = [r for r, f in enumerate(flags.tolist()) if f > 0]
+        if failed and error is None:
+            raise RuntimeError(f"rank(s) {failed} failed (see their error messages); stopping this rank too")
+    if error is not None:
+        raise error
+    return result
+
+
+def _resolve_parallel(parallel, source) -> ParallelConfig:
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if parallel is None:
+        return ParallelConfig(ulysses=world)
+    if isinstance(parallel, ParallelConfig):
+        return parallel
+    if parallel == "auto":
+        from vidpar.plan_cli import auto_parallel_config_for  # planner: ranks layouts for this model and world
+
+        return auto_parallel_config_for(source, world)
+    raise ValueError(f"parallel must be a ParallelConfig, 'auto' or None, got {parallel!r}")
+
+
+def _progress(total: int, initial: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc="denoise", unit="step")
+
+
+__all__ = ["GenerationRequest", "Pipeline", "initial_noise", "latent_shape"]

@@ -135,11 +135,36 @@ def measure_guided_step(env, degrees):
         vidpar.unparallelize(model)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vidpar.pipeline") is None,
-                    reason="vidpar.pipeline is not written yet: the pipeline's own cfg exchange cannot be measured")
-def test_pipeline_cfg_exchange_matches_prediction():  # pragma: no cover - enabled when the pipeline lands
-    pytest.skip("vidpar.pipeline exists: replace this placeholder by a measured guided step through the pipeline "
-                "(compare ctx.comm_stats() per step with predict_step_comm_bytes)")
+HAS_PIPELINE = importlib.util.find_spec("vidpar.pipeline") is not None
+
+
+@torch.no_grad()
+def measure_pipeline_step(env, degrees):
+    """One guided step through ``Pipeline.denoise`` (tiny DiT, fp32): the pipeline's own cfg exchange."""
+    from vidpar.models.wan.components import WanComponents
+    from vidpar.pipeline import GenerationRequest, Pipeline
+
+    ctx = env.context(ParallelConfig(*degrees))
+    model = build(3, torch.float32)
+    comps = WanComponents(transformer=model, vae=None, text_encoder=None, tokenizer=None)
+    pipe = Pipeline(comps, ctx, torch.float32)
+    try:
+        latents, _, text = inputs(model.config, 1, torch.float32)
+        text = torch.cat([text, torch.zeros_like(text)])  # [cond; uncond]
+        req = GenerationRequest(prompt="x", num_steps=1, guidance_scale=5.0)
+        ctx.reset_comm_stats()
+        pipe.denoise(latents, text, req)
+        return ctx.comm_stats()
+    finally:
+        vidpar.unparallelize(model)
+
+
+@pytest.mark.skipif(not HAS_PIPELINE, reason="vidpar.pipeline is not importable: its cfg exchange cannot be measured")
+@pytest.mark.parametrize("world,degrees", [(2, (1, 1, 2)), (2, (2, 1, 1)), (4, (2, 1, 2))])
+def test_pipeline_guided_step_bytes_match_prediction(pools, world, degrees):
+    for rank, measured in enumerate(pools(world).run(measure_pipeline_step, degrees)):
+        predicted = predict_step_comm_bytes(tiny_config(3), LATENT, ParallelConfig(*degrees), 4, rank=rank)
+        assert_equal_per_key(measured, predicted, f"pipeline {degrees} rank {rank}")
 
 
 @pytest.mark.skip(reason="parallel VAE decode not built yet: vidpar.planner.predict_vae_comm_bytes is a hook")

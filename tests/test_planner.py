@@ -210,3 +210,22 @@ def test_modeled_table():
     assert all(a["step_s"] > b["step_s"] for a, b in zip(rows, rows[1:]))
     text = format_table(rows)
     assert "1837.9" in text and "287.9" in text
+
+
+def test_auto_config_for_pipeline_sources(tmp_path):
+    from vidpar.plan_cli import auto_parallel_config_for
+
+    official = tmp_path / "a14b"
+    (official / "high_noise_model").mkdir(parents=True)
+    (official / "low_noise_model").mkdir()
+    (official / "high_noise_model" / "config.json").write_text(json.dumps(
+        {"dim": 5120, "num_heads": 40, "num_layers": 40, "ffn_dim": 13824, "in_dim": 16, "out_dim": 16}))
+    assert resolve_model(str(official)).experts == 2
+    for world in (1, 2, 4):
+        assert auto_parallel_config_for(official, world, gpus_per_node=world).world_size == world
+    try:
+        import vidpar.models.wan.builtin  # noqa: F401 - the pipeline's tiny model, when present
+    except ImportError:
+        return
+    for world in (1, 2, 3, 4):
+        assert auto_parallel_config_for("tiny", world).world_size == world

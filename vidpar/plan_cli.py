@@ -6,8 +6,14 @@ import argparse
 import json
 import sys
 
-from vidpar.planner.hardware import GPUS, LINKS
-from vidpar.planner.search import LayoutPlan, make_request, plan_layouts
+import os
+from pathlib import Path
+
+from vidpar.parallel.config import ParallelConfig
+from vidpar.planner.hardware import GPUS, LINKS, gpu_kind_from_name
+from vidpar.planner.search import LayoutPlan, auto_parallel_config, make_request, plan_layouts
+
+__all__ = ["add_plan_arguments", "auto_parallel_config", "auto_parallel_config_for", "format_plan", "run_plan"]
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,12 +89,51 @@ def format_plan(req, ok: list[LayoutPlan], bad: list[LayoutPlan], top: int = 10)
     for p in bad:
         key = (p.ulysses, p.ring, p.cfg, tuple(p.rejected))
         groups.setdefault(key, []).append(f"fsdp {'on' if p.fsdp else 'off'}/vae {p.vae_mode}")
+    per_mesh: dict[tuple, int] = {}
+    for p in ok + bad:
+        per_mesh[(p.ulysses, p.ring, p.cfg)] = per_mesh.get((p.ulysses, p.ring, p.cfg), 0) + 1
     for (u, r, cfg, reasons), variants in groups.items():
-        which = "all fsdp/vae variants" if len(variants) == 4 else ", ".join(variants)
+        whole = len(variants) == per_mesh[(u, r, cfg)] and len(variants) > 1
+        which = "all fsdp/vae variants" if whole else ", ".join(variants)
         lines.append(f"  ulysses={u} ring={r} cfg={cfg} ({which}): " + "; ".join(reasons))
     lines += ["", "eff. = T(1 GPU) / (GPUs x T), step times from the cost model (T(1 GPU) is predicted even where "
               "one GPU would not hold the model); VAE times and memory are uncalibrated estimates."]
     return "\n".join(lines)
+
+
+def auto_parallel_config_for(
+    source: "str | Path",
+    world_size: int,
+    *,
+    height: int = 480,
+    width: int = 832,
+    frames: int = 81,
+    gpus_per_node: int | None = None,
+    gpu: str | None = None,
+    **options,
+) -> ParallelConfig:
+    """``parallel="auto"`` for a model source (built-in name or checkpoint folder) on ``world_size`` ranks.
+
+    ``gpus_per_node`` defaults to torchrun's ``LOCAL_WORLD_SIZE``; ``gpu`` to the CUDA device's kind (h100 figures
+    when there is no CUDA device or it is not in the table); the video size to the pipeline's defaults.
+    ``options`` go to ``auto_parallel_config``. The result's ``world_size`` equals ``world_size``.
+    """
+    if gpus_per_node is None:
+        gpus_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if gpu is None:
+        gpu = _local_gpu_kind() or "h100"
+    model = str(source)
+    if model == "tiny":  # the pipeline's built-in test model
+        from vidpar.models.wan.builtin import tiny_transformer_config
+
+        model = tiny_transformer_config()
+    return auto_parallel_config(model, height, width, frames, world_size, gpus_per_node, gpu=gpu, **options)
+
+
+def _local_gpu_kind() -> str | None:
+    import torch
+
+    return gpu_kind_from_name(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,9 @@ RING_CAT_BYTES_PER_TOKEN_DIM = 8
 RING_MERGE_BYTES_PER_TOKEN_DIM = 20
 CONTROL_SYNC_S = 20e-6  # host read of the exchanged lengths (``.tolist()``) drains the stream; assumed
 VAE_EFFICIENCY = 0.15  # fp32/TF32 causal conv3d decode vs the bf16 peak: an uncalibrated assumption
-VAE_HALO_CHANNEL_ROWS = 2500  # sum over decoder convs of channels x halo rows, per output column (estimate)
+VAE_HALO_CHANNEL_ROWS = 2500
+# Share of decoder FLOPs in its largest stage (the full-resolution up block): bounds pipelined decode (estimate).
+VAE_LARGEST_STAGE_SHARE = 0.45  # sum over decoder convs of channels x halo rows, per output column (estimate)
 
 
 @dataclass(frozen=True)
@@ -152,15 +154,22 @@ def step_time(
 
 
 def vae_decode_time(model: ModelSpec, video: tuple[int, int, int], vae_mode: str, cluster: Cluster) -> float:
-    """Seconds of the VAE decode (an uncalibrated estimate): ``"single"`` on one GPU, ``"patch"`` over all."""
+    """Seconds of the VAE decode (an uncalibrated estimate) for a ``vae_mode`` of ``vidpar.models.wan.vae_plan``
+    (``"patch"``, ``"pipeline"``, ``"combined"``) or ``"single"`` (one GPU)."""
     frames, height, width = video
     pixels = frames * height * width
     t = pixels * model.vae.decode_flops_per_pixel / (cluster.gpu.bf16_tflops * 1e12 * VAE_EFFICIENCY)
-    if vae_mode != "patch" or cluster.gpus == 1:
-        return t
     n = cluster.gpus
-    span = cluster.spans_nodes(n)
-    return t / n + vae_halo_bytes(video) / (cluster.bandwidth(span) * hw.P2P_EFFICIENCY)
+    if vae_mode == "single" or n == 1:
+        return t
+    halo = vae_halo_bytes(video) / (cluster.bandwidth(cluster.spans_nodes(n)) * hw.P2P_EFFICIENCY)
+    if vae_mode == "patch":
+        return t / n + halo
+    if vae_mode == "combined":  # two stage groups, each banding over n/2 ranks
+        return t * max(0.5, VAE_LARGEST_STAGE_SHARE) / (n // 2) + halo
+    if vae_mode == "pipeline":  # stages over ranks: bounded by the largest stage
+        return t * max(1.0 / n, VAE_LARGEST_STAGE_SHARE)
+    raise ValueError(f"unknown vae_mode {vae_mode!r}")
 
 
 def vae_halo_bytes(video: tuple[int, int, int]) -> float:

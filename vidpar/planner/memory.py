@@ -76,7 +76,8 @@ def estimate_memory(
         ulysses, ring: sequence-parallel degrees (tokens are split over their product).
         world_size: GPUs; FSDP shards the DiT and text-encoder weights over all of them.
         fsdp: shard weights (one unsharded block is kept in flight for prefetch, plus the one computing).
-        vae_mode: ``"single"`` (one rank decodes the whole video) or ``"patch"`` (spatial patches over all ranks).
+        vae_mode: ``"single"`` (one GPU: no split), ``"patch"`` (row bands over all ranks), ``"pipeline"``
+            (decoder stages over ranks) or ``"combined"`` (two stage groups, bands over half the ranks each).
         text_encoder_on_gpu: False when umT5 runs on the CPU (then it costs no GPU memory).
     """
     cfg = model.config
@@ -98,7 +99,9 @@ def estimate_memory(
     acts = ALLOCATOR_FACTOR * (local * per_token + full)
 
     frames, height, width = video
-    ranks = world_size if vae_mode == "patch" else 1
+    # patch: every rank decodes a band of rows; combined: bands over half the ranks, two stage groups; pipeline:
+    # decoder stages over ranks, which leaves the largest (full-resolution) stage's activations whole.
+    ranks = {"patch": world_size, "combined": max(1, world_size // 2)}.get(vae_mode, 1)
     chunk_pixels = VAE_CHUNK_FRAMES * height * width / ranks
     decoded = 4.0 * 3 * frames * height * width  # the finished fp32 video, assembled on every rank
     vae = ALLOCATOR_FACTOR * model.vae.decode_bytes_per_chunk_pixel * chunk_pixels + decoded

@@ -16,7 +16,7 @@ from .cost import Cluster, step_time, vae_decode_time, vae_halo_bytes
 from .memory import estimate_memory
 from .workload import ModelSpec, latent_shape, model_spec, num_tokens
 
-VAE_MODES = ("patch", "single")
+VAE_MODES = ("patch", "combined", "pipeline")  # the parallel decode modes of vidpar.models.wan.vae_plan
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,11 @@ def _factorizations(n: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def _vae_modes(n: int) -> tuple[str, ...]:
+    """Decode modes worth listing on ``n`` GPUs ("combined" needs two stage groups of at least 2 ranks)."""
+    return tuple(m for m in VAE_MODES if m != "combined" or (n >= 4 and n % 2 == 0))
+
+
 def single_gpu_step_time(req: Request) -> float:
     """Predicted step time on one GPU (whether or not the model fits its memory): the efficiency baseline."""
     one = Cluster(req.cluster.gpu, 1, 1, req.cluster.intra_link, req.cluster.inter_link)
@@ -130,7 +135,7 @@ def evaluate(req: Request, u: int, r: int, c: int, fsdp: bool, vae_mode: str, t_
     plan.denoise_time_s = req.steps * st.total_s
     plan.vae_time_s = vae_decode_time(req.model, (req.frames, req.height, req.width), vae_mode, cl)
     plan.total_time_s = plan.denoise_time_s + plan.vae_time_s
-    if vae_mode == "patch" and cl.gpus > 1:
+    if vae_mode in ("patch", "combined") and cl.gpus > 1:
         plan.vae_comm_bytes_per_gpu = int(vae_halo_bytes((req.frames, req.height, req.width)))
     plan.scaling_efficiency = t_one / (cl.gpus * st.total_s)
 
@@ -159,7 +164,7 @@ def plan_layouts(req: Request) -> tuple[list[LayoutPlan], list[LayoutPlan]]:
     plans = []
     for u, r, c in _factorizations(n):
         for fsdp in ((False, True) if n > 1 else (False,)):
-            for vae_mode in (VAE_MODES if n > 1 else ("single",)):
+            for vae_mode in (_vae_modes(n) if n > 1 else ("single",)):
                 plans.append(evaluate(req, u, r, c, fsdp, vae_mode, t_one))
     key = lambda p: (round(p.total_time_s, 6), round(p.step_time_s, 6), p.peak_memory_gb, p.ring, p.cfg)  # noqa
     ok = sorted((p for p in plans if not p.rejected), key=key)

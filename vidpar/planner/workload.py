@@ -69,18 +69,19 @@ def resolve_model(model: str) -> ModelSpec:
     if path.is_file():
         path = path.parent
     cfg_path = path / "config.json"
-    if not cfg_path.is_file() and (path / "transformer" / "config.json").is_file():
-        cfg_path = path / "transformer" / "config.json"
+    for sub in ("transformer", "high_noise_model"):  # diffusers pipeline root; official Wan2.2 A14B folder
+        if not cfg_path.is_file() and (path / sub / "config.json").is_file():
+            cfg_path = path / sub / "config.json"
     if not cfg_path.is_file():
-        raise ValueError(f"no config.json in {path} (nor in {path / 'transformer'})")
+        raise ValueError(f"no config.json in {path} (nor in transformer/ or high_noise_model/)")
     raw = json.loads(cfg_path.read_text(encoding="utf-8"))
     if raw.get("_class_name") == "WanTransformer3DModel" or "num_attention_heads" in raw:
         cfg = WanTransformerConfig.from_diffusers_config(raw)
     else:
         cfg = WanTransformerConfig.from_official_config(raw)
-    # A diffusers pipeline root with transformer_2/ is a two-expert model (Wan2.2 A14B).
-    root = cfg_path.parent.parent if cfg_path.parent.name == "transformer" else path
-    experts = 2 if (root / "transformer_2").is_dir() else 1
+    # A diffusers root with transformer_2/ or an official folder with low_noise_model/: two experts (A14B).
+    root = cfg_path.parent.parent if cfg_path.parent != path else path
+    experts = 2 if (root / "transformer_2").is_dir() or (root / "low_noise_model").is_dir() else 1
     return ModelSpec(str(path), cfg, _vae_for(cfg), experts)
 
 

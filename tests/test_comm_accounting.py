@@ -167,6 +167,6 @@ def test_pipeline_guided_step_bytes_match_prediction(pools, world, degrees):
         assert_equal_per_key(measured, predicted, f"pipeline {degrees} rank {rank}")
 
 
-@pytest.mark.skip(reason="parallel VAE decode not built yet: vidpar.planner.predict_vae_comm_bytes is a hook")
+@pytest.mark.skip(reason="exact VAE decode accounting not written: vidpar.planner.predict_vae_comm_bytes is a hook")
 def test_vae_modes_bytes_match_prediction():  # pragma: no cover
     raise AssertionError("unreachable")

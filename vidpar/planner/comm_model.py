@@ -139,10 +139,12 @@ def predict_step_comm_bytes(
 
 
 def predict_vae_comm_bytes(*args, **kwargs) -> dict[str, int]:
-    """Hook for the parallel VAE decode's exact byte count (halo rows / stage hand-offs per ``vae_mode``).
+    """Hook for the parallel VAE decode's exact byte count (per ``vae_mode``), not written yet.
 
-    Not written yet: vidpar's parallel VAE (patch halo exchange over the ``"world"`` axis, decoder pipeline) is
-    being built; once it lands, mirror its exchanges here as above and enable the VAE case in
+    The decode (``vidpar.models.wan.vae_plan`` + ``vidpar.parallel.vae_patch`` / ``vae_pipeline``) books its
+    traffic under ``"vae.<axis>"`` keys (halo rows of every banded conv, time-extended by the causal cache;
+    stage hand-offs and band gathering over ``"world"``; shape broadcasts). Mirroring it needs the decoder's
+    per-conv band shapes; when written, enable ``test_vae_modes_bytes_match_prediction`` in
     ``tests/test_comm_accounting.py``. The cost model uses ``cost.vae_halo_bytes`` (an estimate) meanwhile.
     """
     raise NotImplementedError("exact VAE decode comm accounting awaits vidpar's parallel VAE implementation")

@@ -58,6 +58,12 @@ def test_same_seed_same_frames_on_any_mesh(pools, reference_frames, world, degre
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
+def test_output_all_gives_every_rank_the_frames(pools, reference_frames):
+    request = {**REQUEST, "output": "all"}
+    for frames in pools(2).run(generate_task, (1, 1, 2), "float64", False, request):
+        assert np.array_equal(frames, reference_frames["float64"])
+
+
 def test_two_experts_switch_and_match_across_meshes(pools):
     ref = generate_task(None, None, "float64", True)
     assert not np.array_equal(ref, generate_task(None, None, "float64", False)), "the second expert was not used"

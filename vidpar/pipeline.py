@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -81,6 +83,8 @@ class Pipeline:
         for dit in (comps.transformer, comps.transformer_2):
             if dit is not None:
                 parallelize(dit, ctx)
+        # The decode uses every rank; the video lands on rank 0 only (others would hold it for nothing).
+        parallelize(comps.vae, ctx, vae_mode=vae_mode, output="rank0")
 
     @classmethod
     def from_pretrained(
@@ -90,16 +94,20 @@ class Pipeline:
         dtype: torch.dtype | None = None,
         attention_backend: str = "auto",
         vae_mode: str = "auto",
+        timeout: timedelta | None = None,
+        plan_for: tuple[int, int, int] = (480, 832, 81),
     ) -> "Pipeline":
         """Load a built-in model (``"tiny"``) or a Wan checkpoint folder and set up the mesh.
 
         Args:
-            parallel: a ``ParallelConfig``; ``"auto"`` lets the planner choose for this world size; None: Ulysses
-                over every rank.
+            parallel: a ``ParallelConfig``; ``"auto"`` lets the planner choose for this world size (for videos of
+                ``plan_for`` = (height, width, frames)); None: Ulysses over every rank.
             dtype: weights/compute dtype; default bf16 on CUDA, fp32 on CPU.
+            vae_mode: parallel VAE decode layout (``"auto"``, ``"patch"``, ``"pipeline"``, ``"combined"``).
+            timeout: for every collective (a dead rank then fails the others instead of hanging them).
         """
         source = check_source(path_or_name)  # every rank, before any collective or weight
-        ctx = init_parallel(_resolve_parallel(parallel, source))
+        ctx = init_parallel(_resolve_parallel(parallel, source, plan_for), timeout=timeout)
         if dtype is None:
             dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
         holds_text_encoder = ctx.rank == 0  # the only rank that encodes; the others receive the states
@@ -189,13 +197,20 @@ class Pipeline:
         return self.ctx.comm.all_reduce(t, "world").item() > 0
 
     def decode(self, latents: torch.Tensor, output: str = "rank0") -> Video:
-        """De-normalise and decode; frames on rank 0 (``output="rank0"``) or on every rank (``"all"``)."""
+        """De-normalise and decode over every rank; frames on rank 0 (``"rank0"``) or on every rank (``"all"``)."""
         vae = self.comps.vae
         with torch.no_grad():
             z = vae.denormalize_latents(latents.to(next(vae.parameters()).dtype))
-            video = vae.decode(z)
-        keep = output == "all" or self.ctx.rank == 0
-        return Video(to_uint8_frames(video[0].float()) if keep and video is not None else None)
+            video = vae.decode(z)  # the full video on rank 0, None elsewhere
+        frames = to_uint8_frames(video[0]) if self.ctx.rank == 0 else None
+        if output == "all" and self.ctx.world_size > 1:
+            cfg = self.comps.vae.config
+            t, h, w = z.shape[2:]
+            st, ss = cfg.scale_factor_temporal, cfg.scale_factor_spatial
+            shape = (1 + st * (t - 1), h * ss, w * ss, 3)
+            buf = torch.from_numpy(frames) if frames is not None else torch.empty(shape, dtype=torch.uint8)
+            frames = self.ctx.comm.broadcast(buf.to(self.ctx.device), 0, "world").cpu().numpy()
+        return Video(frames)
 
     def generate(
         self,
@@ -274,9 +289,7 @@ def ctx_agree(ctx: ParallelContext, fn, only_rank0: bool = False):
     return result
 
 
-def _resolve_parallel(parallel, source) -> ParallelConfig:
-    import os
-
+def _resolve_parallel(parallel, source, plan_for: tuple[int, int, int]) -> ParallelConfig:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if parallel is None:
         return ParallelConfig(ulysses=world)
@@ -285,7 +298,8 @@ def _resolve_parallel(parallel, source) -> ParallelConfig:
     if parallel == "auto":
         from vidpar.plan_cli import auto_parallel_config_for  # planner: ranks layouts for this model and world
 
-        return auto_parallel_config_for(source, world)
+        height, width, frames = plan_for
+        return auto_parallel_config_for(source, world, height=height, width=width, frames=frames)
     raise ValueError(f"parallel must be a ParallelConfig, 'auto' or None, got {parallel!r}")
 
 

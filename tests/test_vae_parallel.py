@@ -166,3 +166,14 @@ def test_balance_stages():
     assert balance_stages([5, 1, 1, 1, 1, 1], 2) == [(0, 1), (1, 6)]
     with pytest.raises(ValueError):
         balance_stages([1, 2], 3)
+
+
+def test_memory_model_scales_with_bands():
+    from vidpar.models.wan.vae_memory import vae_decode_peak_bytes
+
+    cfg = WanVAEConfig.wan21()
+    shape = (1, 16, 21, 90, 160)  # 1280x720, 81 frames
+    peaks = [vae_decode_peak_bytes(cfg, shape, (1, p), 2, "none") for p in (1, 2, 4, 8)]
+    assert peaks == sorted(peaks, reverse=True)
+    assert peaks[2] < peaks[0] / 3  # the working set and caches split over the bands
+    assert vae_decode_peak_bytes(cfg, shape, (1, 4), 2, "all") > peaks[2]  # assembling the video costs memory

@@ -68,9 +68,7 @@ def vae_decode_peak_bytes(
     pipe, patch = parallel_layout
     rows = math.ceil(h / min(patch, h))  # the tallest band
     by = dtype_bytes
-    s = config.patch  # 2.2 unpatchify factor
     levels = _decoder_levels(config)
-    n_up = len(levels)
 
     weights = _param_count(config) * by
     latent = 2 * b * z * frames * h * w * by  # input + post_quant_conv output (full on every rank)
@@ -114,7 +112,6 @@ def vae_decode_peak_bytes(
     out_frames = 1 + config.temporal_factor * (frames - 1)
     video_band = b * 3 * out_frames * rows * w * config.spatial_factor**2 * by
     video_full = b * 3 * out_frames * h * w * config.spatial_factor**2 * by
-    del s, n_up
     best = 0
     for g, (lo, hi) in enumerate(per_group):
         last_group = g == pipe - 1
@@ -138,7 +135,7 @@ def _contiguous_ranges(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _param_count(cfg: WanVAEConfig) -> int:
-    """Decoder + post_quant_conv parameters (the encoder is not needed for decoding but usually loaded)."""
+    """All parameters of ``WanVAE(cfg)`` (encoder included: it is loaded even when only decoding)."""
     import torch
 
     from .vae import WanVAE

@@ -1,0 +1,148 @@
+"""What the ``generate`` and ``check`` subcommands share: model/mesh/dtype options, their validation before any
+weight or collective, logging from rank 0, and turning an exception on one rank into a clear exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from datetime import timedelta
+from types import SimpleNamespace
+
+import torch
+
+from vidpar.parallel import ParallelConfig
+
+DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+VAE_MODES = ("auto", "patch", "pipeline", "combined")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 3 (requeue) is vidpar.checkpoint.REQUEUE_EXIT_CODE
+
+
+class UsageError(ValueError):
+    """Bad command-line input, found before any weight is loaded or any collective runs (exit code 2)."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, the mesh degrees, dtype, attention backend and the distributed options."""
+    parser.add_argument("--model", required=True, help="built-in name ('tiny') or a Wan checkpoint folder")
+    mesh = parser.add_argument_group("mesh (degrees multiply to the number of processes)")
+    mesh.add_argument("--ulysses", type=int, default=None, help="Ulysses (all-to-all over heads) degree")
+    mesh.add_argument("--ring", type=int, default=None, help="ring-attention degree")
+    mesh.add_argument("--cfg", type=int, default=None, choices=(1, 2), help="guidance branches on 2 rank groups")
+    mesh.add_argument("--parallel", choices=("auto",), default=None,
+                      help="'auto': the planner picks the degrees (default without degrees: Ulysses over all ranks)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="auto",
+                        help="weights/compute dtype (auto: bfloat16 on CUDA, float32 on CPU; float64 for exact "
+                             "comparisons)")
+    parser.add_argument("--attention-backend", default="auto",
+                        help="attention kernel (see 'vidpar info'; default auto)")
+    parser.add_argument("--backend", default=None, help="torch.distributed backend (default nccl with CUDA, else gloo)")
+    parser.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="distributed timeout: a rank waiting longer on a dead peer fails (default 300)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log from every rank, print tracebacks")
+
+
+def parallel_config(args: argparse.Namespace, world_size: int, source, video: tuple[int, int, int]) -> ParallelConfig:
+    """The mesh for ``args`` on ``world_size`` ranks; raises ``UsageError`` (no collective, no weights).
+
+    ``video`` is ``(height, width, frames)`` for ``--parallel auto``. Degrees left out are filled in: ring and cfg
+    default to 1, ulysses to whatever the world size leaves.
+    """
+    given = {k: getattr(args, k) for k in ("ulysses", "ring", "cfg") if getattr(args, k) is not None}
+    if args.parallel == "auto":
+        if given:
+            raise UsageError(f"--parallel auto chooses the degrees itself; drop {', '.join('--' + k for k in given)}")
+        from vidpar.plan_cli import auto_parallel_config_for
+
+        height, width, frames = video
+        config = auto_parallel_config_for(source, world_size, height=height, width=width, frames=frames)
+    else:
+        ring, cfg = given.get("ring", 1), given.get("cfg", 1)
+        ulysses = given.get("ulysses")
+        if ulysses is None:
+            if world_size % (ring * cfg):
+                raise UsageError(f"--ring {ring} x --cfg {cfg} does not divide the world size {world_size}")
+            ulysses = world_size // (ring * cfg)
+        try:
+            config = ParallelConfig(ulysses=ulysses, ring=ring, cfg=cfg)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    try:
+        config.check_world_size(world_size)
+    except ValueError as e:
+        raise UsageError(f"{e}; launch {config.world_size} processes or change the degrees") from None
+    if config.cfg > 2:
+        raise UsageError(f"cfg degree must be 1 or 2, got {config.cfg}")
+    return config
+
+
+def model_configs(source) -> SimpleNamespace | None:
+    """The DiT and VAE configs of a model source without loading weights, shaped like ``WanComponents`` for
+    ``latent_shape`` (``.transformer.config``, ``.vae.config``); None where they cannot be read cheaply (the
+    pipeline then validates the sizes after loading, still before any collective)."""
+    import json
+    from pathlib import Path
+
+    from vidpar.models.wan.transformer_config import WanTransformerConfig
+    from vidpar.models.wan.vae_config import WanVAEConfig
+
+    dit = vae = None
+    if source == "tiny":
+        from vidpar.models.wan.builtin import tiny_transformer_config, tiny_vae_config
+
+        dit, vae = tiny_transformer_config(), tiny_vae_config()
+    else:
+        path = Path(source)
+        try:
+            if (path / "model_index.json").is_file():
+                dit = WanTransformerConfig.from_diffusers_config(json.loads((path / "transformer/config.json").read_text()))
+                vae = WanVAEConfig.from_dict(json.loads((path / "vae/config.json").read_text()))
+            elif (path / "config.json").is_file():
+                dit = WanTransformerConfig.from_official_config(json.loads((path / "config.json").read_text()))
+                vae = WanVAEConfig.wan22() if (path / "Wan2.2_VAE.pth").is_file() else WanVAEConfig.wan21()
+        except (ValueError, KeyError, TypeError, OSError):
+            return None
+    if dit is None or vae is None:
+        return None
+    return SimpleNamespace(transformer=SimpleNamespace(config=dit), vae=SimpleNamespace(config=vae))
+
+
+def setup_logging(rank: int, verbose: bool) -> logging.Logger:
+    """The ``vidpar`` logger: INFO from rank 0 (every rank with ``verbose``), warnings from every rank."""
+    logger = logging.getLogger("vidpar")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"[vidpar rank {rank}] %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO if (rank == 0 or verbose) else logging.WARNING)
+    logger.propagate = False
+    return logger
+
+
+def timeout_of(args: argparse.Namespace) -> timedelta:
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout must be positive, got {args.timeout}")
+    return timedelta(seconds=args.timeout)
+
+
+def report_failure(rank: int, error: BaseException, verbose: bool) -> None:
+    """Name this rank and the error on stderr (every rank: the failing one is what the user needs to see)."""
+    if verbose:
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    print(f"vidpar: rank {rank} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+
+
+def usage_error(rank: int, prog: str, error: Exception, verbose: bool) -> int:
+    """Bad input is identical on every rank: rank 0 says it (all ranks with ``--verbose``); exit code 2."""
+    if rank == 0 or verbose:
+        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def finish_distributed() -> None:
+    """Tear the default process group down after a clean run (not after a failure: peers may be gone)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

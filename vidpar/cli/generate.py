@@ -1,0 +1,241 @@
+"""``vidpar generate``: prompts in, videos out, on whatever mesh the launcher started.
+
+Order of work, so that mistakes are cheap and no rank hangs:
+1. every rank validates the arguments, the model source, the video size and the output paths (no weights, no
+   collective) — bad input exits with code 2 and a one-line message;
+2. the process group starts with a timeout (``--timeout``), so a dead peer turns into an error, not a hang;
+3. the model loads (failures on any rank are agreed on by ``Pipeline``) and each prompt is generated;
+4. SIGTERM/SIGUSR1 stop every rank after the current step; the snapshot is saved and the exit code is 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vidpar.checkpoint import REQUEUE_EXIT_CODE, GenerationInterrupted, StopRequest
+from vidpar.launch_env import apply_launch_env
+from vidpar.models.wan.components import check_source
+from vidpar.video import check_output_path
+
+from .common import (
+    DTYPES, EXIT_FAILED, EXIT_OK, VAE_MODES, UsageError, add_model_arguments, finish_distributed, model_configs,
+    parallel_config, report_failure, setup_logging, timeout_of, usage_error,
+)
+
+# Test hook: "RANK:N" makes that rank raise at its N-th DiT forward, "RANK:N:exit" makes it die (os._exit).
+DEBUG_FAIL_ENV = "VIDPAR_DEBUG_FAIL"
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", help="the text prompt")
+    what.add_argument("--prompts", metavar="FILE", help="a file with one prompt per line (model loaded once)")
+    parser.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    parser.add_argument("--out", required=True,
+                        help="output .mp4, .npy (raw uint8 frames) or a folder name (PNGs). With --prompts: "
+                             "'{index}' in the name is replaced (e.g. out_{index:03d}.mp4), otherwise _000, _001, ... "
+                             "is added before the suffix")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--frames", type=int, default=81, help="4k+1 frames (default 81)")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--guidance-scale-2", type=float, default=None, help="low-noise expert (Wan 2.2 A14B)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scheduler", default="unipc", choices=("unipc", "euler"))
+    parser.add_argument("--flow-shift", type=float, default=None, help="default: the model's")
+    parser.add_argument("--fps", type=int, default=16)
+    parser.add_argument("--vae-mode", choices=VAE_MODES, default="auto", help="parallel VAE decode layout")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="snapshot the denoising state here (shared by all nodes); rerunning the same command "
+                             "resumes, and skips prompts whose output already exists")
+    parser.add_argument("--checkpoint-every", type=int, default=1, metavar="K", help="snapshot every K steps")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prompt's generation: where its video goes and where its snapshot lives."""
+
+    index: int
+    prompt: str
+    out: Path
+    checkpoint_dir: Path | None
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    else:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise UsageError(f"--prompts {path}: no such file")
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise UsageError(f"--prompts {path}: no prompts (one per line)")
+    return prompts
+
+
+def output_path(template: str, index: int, many: bool) -> Path:
+    """``--out`` for prompt ``index``: ``{index}`` substituted, or ``_000`` added before the suffix."""
+    if "{" in template:
+        try:
+            return Path(template.format(index=index))
+        except (KeyError, IndexError, ValueError) as e:
+            raise UsageError(f"--out {template!r}: only '{{index}}' may be substituted ({e})") from None
+    if not many:
+        return Path(template)
+    path = Path(template)
+    return path.with_name(f"{path.stem}_{index:03d}{path.suffix}")
+
+
+def plan_jobs(args: argparse.Namespace, world_size: int):
+    """Validate everything that can be checked without weights or collectives; returns (source, config, jobs)."""
+    for name in ("height", "width", "frames", "steps", "checkpoint_every", "fps"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    try:
+        source = check_source(args.model)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    configs = model_configs(source)
+    if configs is not None:
+        from vidpar.pipeline import GenerationRequest, latent_shape
+
+        req = GenerationRequest("", height=args.height, width=args.width, num_frames=args.frames, num_steps=args.steps)
+        try:
+            latent_shape(configs, req)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    config = parallel_config(args, world_size, source, (args.height, args.width, args.frames))
+    timeout_of(args)
+    prompts = read_prompts(args)
+    many = len(prompts) > 1
+    jobs = []
+    for i, prompt in enumerate(prompts):
+        out = output_path(args.out, i, many)
+        try:
+            check_output_path(out)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if out.suffix in (".mp4", "") and not (importlib.util.find_spec("av") or importlib.util.find_spec("imageio")):
+            raise UsageError(f"output {out}: writing {out.suffix or 'PNG'} needs PyAV ('pip install av'); or use .npy")
+        ckpt = None
+        if args.checkpoint_dir is not None:
+            ckpt = Path(args.checkpoint_dir) / (f"prompt_{i:03d}" if many else "")
+        jobs.append(Job(i, prompt, out, ckpt))
+    if len({j.out.resolve() for j in jobs}) < len(jobs):
+        raise UsageError(f"--out {args.out!r} gives the same file to several prompts")
+    if args.checkpoint_dir is not None:
+        check_checkpoint_dir(Path(args.checkpoint_dir))
+    return source, config, jobs
+
+
+def check_checkpoint_dir(folder: Path) -> None:
+    """The snapshot folder exists and is writable, or can be created (its parent exists and is writable)."""
+    target = folder if folder.exists() else folder.resolve().parent
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--checkpoint-dir {folder} exists and is not a folder")
+    if not target.is_dir():
+        raise UsageError(f"--checkpoint-dir {folder}: folder {target} does not exist")
+    if not os.access(target, os.W_OK):
+        raise UsageError(f"--checkpoint-dir {folder}: {target} is not writable")
+
+
+def failure_hook(rank: int):
+    """The ``VIDPAR_DEBUG_FAIL`` test hook for this rank, as a forward pre-hook, or None."""
+    spec = os.environ.get(DEBUG_FAIL_ENV)
+    if not spec:
+        return None
+    parts = spec.split(":")
+    if int(parts[0]) != rank:
+        return None
+    at, hard = int(parts[1]), len(parts) > 2 and parts[2] == "exit"
+    calls = [0]
+
+    def hook(_module, _inputs):
+        calls[0] += 1
+        if calls[0] == at:
+            if hard:
+                os._exit(17)  # simulate a crashed process: no exception handler, no goodbye
+            raise RuntimeError(f"{DEBUG_FAIL_ENV}: injected failure at DiT forward {at}")
+
+    return hook
+
+
+def pending_jobs(jobs: list[Job], ctx, resume: bool) -> list[Job]:
+    """Jobs still to run. When resuming, rank 0 decides which outputs already exist and tells every rank, so all
+    ranks run the same generations (a shared file system may show a new file to some nodes later)."""
+    if not resume:
+        return jobs
+    done = torch.tensor([1.0 if ctx.rank == 0 and j.out.exists() else 0.0 for j in jobs], device=ctx.device)
+    done = ctx.comm.broadcast(done, 0, "world")
+    return [j for j, d in zip(jobs, done.tolist()) if d == 0.0]
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Entry of ``vidpar generate``; returns the exit code (0 ok, 1 failed, 2 bad input, 3 interrupted)."""
+    launch = apply_launch_env()
+    rank = launch.rank
+    log = setup_logging(rank, args.verbose)
+    stop = StopRequest().install()  # first, so that a signal during loading is a clean stop, not a kill
+    try:
+        source, config, jobs = plan_jobs(args, launch.world_size)
+    except UsageError as e:
+        return usage_error(rank, "vidpar generate", e, args.verbose)
+    try:
+        from vidpar.parallel import init_parallel
+        from vidpar.pipeline import Pipeline
+
+        t0 = time.perf_counter()
+        # The process group (with its timeout) first; from_pretrained then reuses it.
+        init_parallel(config, backend=args.backend, timeout=timeout_of(args))
+        log.info("%s; mesh ulysses=%d ring=%d cfg=%d", launch.describe(), config.ulysses, config.ring, config.cfg)
+        pipe = Pipeline.from_pretrained(source, parallel=config, dtype=DTYPES[args.dtype],
+                                        attention_backend=args.attention_backend, vae_mode=args.vae_mode)
+        if (hook := failure_hook(rank)) is not None:
+            pipe.comps.transformer.register_forward_pre_hook(hook)
+        log.info("loaded %s (%s) in %.1f s", args.model, pipe.dtype, time.perf_counter() - t0)
+        todo = pending_jobs(jobs, pipe.ctx, args.checkpoint_dir is not None)
+        for job in jobs:
+            if job not in todo:
+                log.info("prompt %d: %s exists, skipped", job.index, job.out)
+        for job in todo:
+            run_job(pipe, job, args, stop, log)
+    except GenerationInterrupted as e:
+        if rank == 0:
+            log.warning("stopped by %s after step %d; state saved to %s. Run the same command to resume (exit %d).",
+                        stop.signal_name, e.step, e.path, REQUEUE_EXIT_CODE)
+        finish_distributed()
+        return REQUEUE_EXIT_CODE
+    except Exception as e:  # noqa: BLE001 - any failure: name the rank, exit non-zero, never hang
+        report_failure(rank, e, args.verbose)
+        logging.shutdown()
+        os._exit(EXIT_FAILED)  # peers may be gone: skip teardown that could block on them
+    finish_distributed()
+    return EXIT_OK
+
+
+def run_job(pipe, job: Job, args: argparse.Namespace, stop: StopRequest, log: logging.Logger) -> None:
+    t0 = time.perf_counter()
+    log.info("prompt %d: %r -> %s", job.index, job.prompt, job.out)
+    video = pipe.generate(
+        job.prompt, args.negative_prompt, height=args.height, width=args.width, num_frames=args.frames,
+        num_steps=args.steps, guidance_scale=args.guidance_scale, guidance_scale_2=args.guidance_scale_2,
+        seed=args.seed, scheduler=args.scheduler, flow_shift=args.flow_shift, output="rank0",
+        checkpoint_dir=job.checkpoint_dir, checkpoint_every=args.checkpoint_every, stop=stop,
+        progress=not args.no_progress,
+    )
+    if pipe.ctx.rank == 0:
+        video.save(job.out, fps=args.fps)
+        log.info("prompt %d: saved %s (%d frames, %.1f s)", job.index, job.out, len(video.frames),
+                 time.perf_counter() - t0)

@@ -15,21 +15,25 @@ from vidpar.pipeline import Pipeline
 REQUEST = dict(prompt="a red fox in snow", height=32, width=48, num_frames=5, num_steps=3, seed=7)
 
 
-def make_pipeline(ctx, dtype, experts: bool = False) -> Pipeline:
-    comps = load_components("tiny", dtype, ctx.device, load_text_encoder=ctx.rank == 0)
+def make_pipeline(ctx, dtype, experts: bool = False, fsdp: bool = False) -> Pipeline:
+    comps = load_components("tiny", dtype, ctx.device, load_text_encoder=fsdp or ctx.rank == 0)
     if experts:  # a Wan 2.2 A14B-style pair: a second (different) DiT for the low-noise steps
         second = load_components("tiny", dtype, ctx.device, load_text_encoder=False).transformer
         with torch.no_grad():
             for p in second.parameters():
                 p.mul_(0.9)
         comps.transformer_2, comps.boundary_ratio = second, 0.875
-    return Pipeline(comps, ctx, dtype)
+    return Pipeline(comps, ctx, dtype, fsdp=fsdp)
 
 
-def generate_task(env, degrees, dtype_name, experts=False, request=None):
+def generate_task(env, degrees, dtype_name, experts=False, request=None, fsdp=False):
     ctx = env.context(ParallelConfig(*degrees)) if env is not None else init_parallel(ParallelConfig())
-    pipe = make_pipeline(ctx, getattr(torch, dtype_name), experts)
+    pipe = make_pipeline(ctx, getattr(torch, dtype_name), experts, fsdp)
     video = pipe.generate(**(request or REQUEST))
+    if fsdp:
+        shapes = {type(p).__name__ for p in pipe.comps.transformer.parameters()}
+        assert shapes == {"DTensor"}, shapes  # really sharded
+        assert ctx.comm_stats().get("fsdp", 0) > 0
     return video.frames
 
 
@@ -62,6 +66,12 @@ def test_output_all_gives_every_rank_the_frames(pools, reference_frames):
     request = {**REQUEST, "output": "all"}
     for frames in pools(2).run(generate_task, (1, 1, 2), "float64", False, request):
         assert np.array_equal(frames, reference_frames["float64"])
+
+
+@pytest.mark.parametrize("world,degrees", [(2, (1, 2, 1)), (4, (2, 1, 2))])
+def test_fsdp_sharded_weights_give_identical_frames(pools, reference_frames, world, degrees):
+    frames = pools(world).run(generate_task, degrees, "float64", False, None, True)
+    assert np.array_equal(frames[0], reference_frames["float64"])
 
 
 def test_two_experts_switch_and_match_across_meshes(pools):

@@ -13,6 +13,7 @@ from vidpar.checkpoint import DenoiseCheckpoint, GenerationInterrupted, StopRequ
 from vidpar.models.wan.components import WanComponents, check_source, load_components
 from vidpar.models.wan.text_encoder import check_prompts
 from vidpar.parallel import ParallelConfig, ParallelContext, init_parallel
+from vidpar.parallel.fsdp import shard_weights
 from vidpar.parallelize import parallelize
 from vidpar.schedulers import make_scheduler
 from vidpar.video import Video, to_uint8_frames
@@ -72,17 +73,27 @@ def _to_device(value, device):
 class Pipeline:
     """Wan text-to-video on a parallel mesh. Build with ``Pipeline.from_pretrained``."""
 
-    def __init__(self, comps: WanComponents, ctx: ParallelContext, dtype: torch.dtype, vae_mode: str = "auto") -> None:
+    def __init__(
+        self, comps: WanComponents, ctx: ParallelContext, dtype: torch.dtype, vae_mode: str = "auto", fsdp: bool = False
+    ) -> None:
         if ctx.config.cfg > 2:
             raise ValueError(f"cfg degree must be 1 or 2 (two guidance branches), got {ctx.config.cfg}")
         self.comps = comps
         self.ctx = ctx
         self.dtype = dtype
         self.vae_mode = vae_mode
+        self.fsdp = fsdp and ctx.world_size > 1
+        if self.fsdp and comps.text_encoder is None:
+            raise ValueError("with fsdp=True every rank needs the text encoder (it is sharded, not broadcast)")
         self.latent_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         for dit in (comps.transformer, comps.transformer_2):
             if dit is not None:
                 parallelize(dit, ctx)
+                if self.fsdp:
+                    shard_weights(dit, list(dit.blocks), ctx)
+        if self.fsdp:
+            te = comps.text_encoder.model
+            shard_weights(te, list(te.encoder.block), ctx)
         # The decode uses every rank; the video lands on rank 0 only (others would hold it for nothing).
         parallelize(comps.vae, ctx, vae_mode=vae_mode, output="rank0")
 
@@ -96,6 +107,7 @@ class Pipeline:
         vae_mode: str = "auto",
         timeout: timedelta | None = None,
         plan_for: tuple[int, int, int] = (480, 832, 81),
+        fsdp: bool = False,
     ) -> "Pipeline":
         """Load a built-in model (``"tiny"``) or a Wan checkpoint folder and set up the mesh.
 
@@ -105,14 +117,16 @@ class Pipeline:
             dtype: weights/compute dtype; default bf16 on CUDA, fp32 on CPU.
             vae_mode: parallel VAE decode layout (``"auto"``, ``"patch"``, ``"pipeline"``, ``"combined"``).
             timeout: for every collective (a dead rank then fails the others instead of hanging them).
+            fsdp: shard the DiT and text-encoder weights over every rank (FSDP2); identical results, ~1/P of the
+                weight memory per GPU. Without it the text encoder lives on rank 0 only and its output is broadcast.
         """
         source = check_source(path_or_name)  # every rank, before any collective or weight
         ctx = init_parallel(_resolve_parallel(parallel, source, plan_for), timeout=timeout)
         if dtype is None:
             dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
-        holds_text_encoder = ctx.rank == 0  # the only rank that encodes; the others receive the states
+        holds_text_encoder = fsdp or ctx.rank == 0  # without FSDP rank 0 alone encodes and broadcasts
         comps = ctx_agree(ctx, lambda: load_components(source, dtype, ctx.device, holds_text_encoder, attention_backend))
-        return cls(comps, ctx, dtype, vae_mode)
+        return cls(comps, ctx, dtype, vae_mode, fsdp)
 
     # ---- the steps of a generation ----
 
@@ -124,7 +138,11 @@ class Pipeline:
         return shape
 
     def encode_text(self, req: GenerationRequest) -> torch.Tensor:
-        """``[2, L, text_dim]`` (prompt, negative prompt): encoded once on rank 0 and broadcast to all ranks."""
+        """``[2, L, text_dim]`` (prompt, negative prompt): encoded once on rank 0 and broadcast to all ranks
+        (with FSDP every rank takes part in the sharded encoder's forward instead)."""
+        if self.fsdp:
+            return ctx_agree(self.ctx, lambda: self.comps.text_encoder.encode(
+                [req.prompt, req.negative_prompt], self.comps.text_len)[0])
         dim = self.comps.transformer.config.text_dim
         states = torch.empty(2, self.comps.text_len, dim, device=self.ctx.device, dtype=self.dtype)
 

@@ -141,12 +141,14 @@ HAS_PIPELINE = importlib.util.find_spec("vidpar.pipeline") is not None
 @torch.no_grad()
 def measure_pipeline_step(env, degrees):
     """One guided step through ``Pipeline.denoise`` (tiny DiT, fp32): the pipeline's own cfg exchange."""
+    from vidpar.models.wan.builtin import build_tiny
     from vidpar.models.wan.components import WanComponents
     from vidpar.pipeline import GenerationRequest, Pipeline
 
     ctx = env.context(ParallelConfig(*degrees))
     model = build(3, torch.float32)
-    comps = WanComponents(transformer=model, vae=None, text_encoder=None, tokenizer=None)
+    vae = build_tiny(load_text_encoder=False)[1]  # the pipeline parallelizes its VAE too; unused here
+    comps = WanComponents(transformer=model, vae=vae, text_encoder=None, tokenizer=None)
     pipe = Pipeline(comps, ctx, torch.float32)
     try:
         latents, _, text = inputs(model.config, 1, torch.float32)

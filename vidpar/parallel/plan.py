@@ -51,15 +51,25 @@ def _map_tensors(value, fn):
     return value
 
 
-@dataclass(frozen=True)
-class ShardOutput:
-    dim: int
+class _OutputHook:
+    """A spec that transforms every tensor a submodule returns (``transform(ctx, t)``)."""
+
+    def transform(self, ctx: ParallelContext, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def apply(self, module: nn.Module, ctx: ParallelContext, applied: "AppliedPlan", path: str) -> None:
         def hook(_mod, _args, output):
-            return _map_tensors(output, lambda t: ctx.shard_sequence(t, self.dim))
+            return _map_tensors(output, lambda t: self.transform(ctx, t))
 
         applied.handles.append(module.register_forward_hook(hook))
+
+
+@dataclass(frozen=True)
+class ShardOutput(_OutputHook):
+    dim: int
+
+    def transform(self, ctx: ParallelContext, t: torch.Tensor) -> torch.Tensor:
+        return ctx.shard_sequence(t, self.dim)
 
 
 @dataclass(frozen=True)
@@ -79,14 +89,11 @@ class ShardInput:
 
 
 @dataclass(frozen=True)
-class GatherOutput:
+class GatherOutput(_OutputHook):
     dim: int
 
-    def apply(self, module: nn.Module, ctx: ParallelContext, applied: "AppliedPlan", path: str) -> None:
-        def hook(_mod, _args, output):
-            return _map_tensors(output, lambda t: ctx.gather_sequence(t, self.dim))
-
-        applied.handles.append(module.register_forward_hook(hook))
+    def transform(self, ctx: ParallelContext, t: torch.Tensor) -> torch.Tensor:
+        return ctx.gather_sequence(t, self.dim)
 
 
 @dataclass(frozen=True)

@@ -140,9 +140,11 @@ def usage_error(rank: int, prog: str, error: Exception, verbose: bool) -> int:
     return EXIT_USAGE
 
 
-def finish_distributed() -> None:
+def finish_distributed(barrier: bool = False) -> None:
     """Tear the default process group down after a clean run (not after a failure: peers may be gone)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()

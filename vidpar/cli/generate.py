@@ -30,8 +30,10 @@ from .common import (
     parallel_config, report_failure, setup_logging, timeout_of, usage_error,
 )
 
-# Test hook: "RANK:N" makes that rank raise at its N-th DiT forward, "RANK:N:exit" makes it die (os._exit).
+# Test hooks (read once at start-up, off unless set): "RANK:N" makes that rank raise at its N-th DiT forward,
+# "RANK:N:exit" makes it die (os._exit); a number of seconds slows every DiT forward (to interrupt runs on time).
 DEBUG_FAIL_ENV = "VIDPAR_DEBUG_FAIL"
+DEBUG_SLOW_ENV = "VIDPAR_DEBUG_SLOW"
 
 
 def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,14 +153,20 @@ def check_checkpoint_dir(folder: Path) -> None:
         raise UsageError(f"--checkpoint-dir {folder}: {target} is not writable")
 
 
-def failure_hook(rank: int):
-    """The ``VIDPAR_DEBUG_FAIL`` test hook for this rank, as a forward pre-hook, or None."""
+def debug_hooks(rank: int) -> list:
+    """The ``VIDPAR_DEBUG_*`` test hooks that apply to this rank, as DiT forward pre-hooks (usually none)."""
+    hooks = []
+    if seconds := float(os.environ.get(DEBUG_SLOW_ENV) or 0):
+        hooks.append(lambda _module, _inputs: time.sleep(seconds))
     spec = os.environ.get(DEBUG_FAIL_ENV)
-    if not spec:
-        return None
+    if spec and int(spec.split(":")[0]) == rank:
+        hooks.append(failure_hook(spec))
+    return hooks
+
+
+def failure_hook(spec: str):
+    """A forward pre-hook that fails at the N-th call of ``"RANK:N[:exit]"``."""
     parts = spec.split(":")
-    if int(parts[0]) != rank:
-        return None
     at, hard = int(parts[1]), len(parts) > 2 and parts[2] == "exit"
     calls = [0]
 
@@ -202,7 +210,7 @@ def run_generate(args: argparse.Namespace) -> int:
         log.info("%s; mesh ulysses=%d ring=%d cfg=%d", launch.describe(), config.ulysses, config.ring, config.cfg)
         pipe = Pipeline.from_pretrained(source, parallel=config, dtype=DTYPES[args.dtype],
                                         attention_backend=args.attention_backend, vae_mode=args.vae_mode)
-        if (hook := failure_hook(rank)) is not None:
+        for hook in debug_hooks(rank):
             pipe.comps.transformer.register_forward_pre_hook(hook)
         log.info("loaded %s (%s) in %.1f s", args.model, pipe.dtype, time.perf_counter() - t0)
         todo = pending_jobs(jobs, pipe.ctx, args.checkpoint_dir is not None)
@@ -215,7 +223,9 @@ def run_generate(args: argparse.Namespace) -> int:
         if rank == 0:
             log.warning("stopped by %s after step %d; state saved to %s. Run the same command to resume (exit %d).",
                         stop.signal_name, e.step, e.path, REQUEUE_EXIT_CODE)
-        finish_distributed()
+        # No rank leaves before rank 0 has written the snapshot: a launcher that kills the remaining ranks once
+        # one exits (srun --kill-on-bad-exit) must not cut the save short.
+        finish_distributed(barrier=True)
         return REQUEUE_EXIT_CODE
     except Exception as e:  # noqa: BLE001 - any failure: name the rank, exit non-zero, never hang
         report_failure(rank, e, args.verbose)

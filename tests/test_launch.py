@@ -1,0 +1,134 @@
+"""Launching: the Slurm/torchrun environment mapping, two torchrun "nodes" meeting over a c10d rendezvous on
+loopback, a rank that raises or dies (every process exits non-zero, in bounded time, naming the rank), and a real
+SIGUSR1 that stops and saves a run which the same command then finishes with identical frames."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cli_run import REPO, TINY, cli_env, free_port, run_vidpar
+from vidpar.launch_env import apply_launch_env, detect_launch_env, expand_nodelist
+
+STEPS = ["--steps", "6"]
+
+
+@pytest.mark.parametrize(
+    "nodelist,hosts",
+    [
+        ("node[01-03,7]", ["node01", "node02", "node03", "node7"]),
+        ("n1", ["n1"]),
+        ("gpu-a,gpu-b", ["gpu-a", "gpu-b"]),
+        ("a[1-2],b[08-10]", ["a1", "a2", "b08", "b09", "b10"]),
+        ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+        ("x[9-11]-ib", ["x9-ib", "x10-ib", "x11-ib"]),
+    ],
+)
+def test_expand_nodelist(nodelist, hosts):
+    assert expand_nodelist(nodelist) == hosts
+
+
+@pytest.mark.parametrize("bad", ["node[1-", "node]1[", "node[a-b]", "node[3-1]"])
+def test_expand_nodelist_rejects_garbage(bad):
+    with pytest.raises(ValueError):
+        expand_nodelist(bad)
+
+
+def test_slurm_variables_map_to_torchrun_names():
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "1234",
+           "SLURM_JOB_NODELIST": "gpu[07-10]", "SLURM_NTASKS_PER_NODE": "2(x4)"}
+    applied = dict(env)
+    launch = apply_launch_env(applied)
+    assert (launch.launcher, launch.rank, launch.world_size, launch.local_rank) == ("slurm", 5, 8, 1)
+    assert {k: applied[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR")} == {
+        "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "gpu07"}
+    assert applied["MASTER_PORT"] == str(29500 + 1234)
+    # MASTER_ADDR/MASTER_PORT set by the user win (fake or unresolvable node names)
+    overridden = detect_launch_env({**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "4000"})
+    assert "MASTER_ADDR" not in overridden.variables and "MASTER_PORT" not in overridden.variables
+
+
+def test_torchrun_wins_over_slurm_and_single_needs_nothing():
+    torchrun = detect_launch_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "SLURM_PROCID": "0",
+                                  "SLURM_NTASKS": "2"})
+    assert (torchrun.launcher, torchrun.rank, torchrun.variables) == ("torchrun", 3, {})
+    assert detect_launch_env({}).launcher == "single" and detect_launch_env({}).world_size == 1
+
+
+# ---- real processes ----
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Frames of one uninterrupted process (float64: every layout must give exactly these)."""
+    folder = tmp_path_factory.mktemp("launch_ref")
+    res = run_vidpar(["generate", *TINY, *STEPS, "--dtype", "float64", "--out", "ref.npy"], folder, timeout=120)
+    assert res.returncode == 0, res.stdout
+    return np.load(folder / "ref.npy")
+
+
+def test_two_torchrun_nodes_over_c10d_rendezvous(tmp_path, reference):
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "vidpar-test",
+           "-m", "vidpar", "generate", *TINY, *STEPS, "--dtype", "float64", "--out", "two_nodes.npy", "--ring", "2"]
+    nodes = [subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=150)[0] for p in nodes]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    assert np.array_equal(np.load(tmp_path / "two_nodes.npy"), reference)
+
+
+@pytest.mark.parametrize("mode", ["raise", "exit"])
+def test_failed_rank_stops_every_rank_in_bounded_time(tmp_path, mode):
+    spec = "1:3" if mode == "raise" else "1:3:exit"  # rank 1 fails at its 3rd DiT forward (mid-denoise)
+    t0 = time.monotonic()
+    res = run_vidpar(["generate", *TINY, *STEPS, "--out", "never.npy", "--timeout", "20"], tmp_path, nproc=2,
+                     timeout=120, VIDPAR_DEBUG_FAIL=spec)
+    elapsed = time.monotonic() - t0
+    assert res.returncode != 0 and not (tmp_path / "never.npy").exists()
+    assert elapsed < 90, f"took {elapsed:.0f} s"
+    if mode == "raise":
+        assert "rank 1 failed: RuntimeError: VIDPAR_DEBUG_FAIL" in res.stdout, res.stdout
+    else:  # a dead process says nothing itself; torchrun's summary names it and its exit code
+        assert "rank      : 1" in res.stdout and "exitcode  : 17" in res.stdout, res.stdout
+    assert "rank 0 failed" in res.stdout, res.stdout  # the survivor does not hang: it fails and says so
+
+
+def test_sigusr1_stops_saves_and_the_same_command_resumes_identically(tmp_path, reference):
+    ckpt = tmp_path / "ckpt"
+    args = ["generate", *TINY, *STEPS, "--dtype", "float64", "--out", "resumed.npy", "--checkpoint-dir", str(ckpt),
+            "--checkpoint-every", "1", "--ulysses", "2"]
+    # launch/torchrun.sh execs torchrun, which forwards SIGUSR1 to both ranks; every DiT forward is slowed so the
+    # signal arrives mid-run
+    proc = subprocess.Popen(["bash", str(REPO / "launch" / "torchrun.sh"), *args], cwd=tmp_path,
+                            env=cli_env(NPROC="2", VIDPAR_DEBUG_SLOW="0.4"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (ckpt / "denoise_state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        proc.send_signal(signal.SIGUSR1)
+        out = proc.communicate(timeout=90)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode != 0 and "stopped by SIGUSR1 after step" in out, out
+    step = int(out.split("stopped by SIGUSR1 after step ")[1].split(";")[0])
+    assert 1 <= step < 6 and (ckpt / "denoise_state.pt").is_file() and not (tmp_path / "resumed.npy").exists()
+    res = run_vidpar(args, tmp_path, nproc=2, timeout=120)  # the same command, no signal: resumes and finishes
+    assert res.returncode == 0, res.stdout
+    assert np.array_equal(np.load(tmp_path / "resumed.npy"), reference)
+    assert not (ckpt / "denoise_state.pt").exists(), "the snapshot is removed after success"

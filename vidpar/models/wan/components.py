@@ -19,7 +19,9 @@ from .text_encoder import WanTextEncoder, load_tokenizer
 from .transformer import WanTransformer3D
 from .vae import WanVAE
 
-BUILTIN_NAMES = ("tiny",)
+BUILTIN_NAMES = ("tiny", "tiny-shapes")
+# Built-in names backed by a checkpoint folder shipped inside the package (trained by examples/train_tiny.py).
+PACKAGED_MODELS = {"tiny-shapes": Path(__file__).resolve().parents[2] / "assets" / "tiny-shapes"}
 OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 OFFICIAL_TOKENIZER = "google/umt5-xxl"
 # Official Wan 2.2 defaults (wan/configs/wan_*_A14B.py): expert boundary and sample shift.
@@ -46,6 +48,7 @@ class WanComponents:
 
 def check_source(source: str | Path) -> Path | str:
     """Validate a built-in name or a checkpoint folder's files without loading weights (run on every rank)."""
+    source = PACKAGED_MODELS.get(str(source), source)
     if str(source) in BUILTIN_NAMES:
         return str(source)
     path = Path(source)

@@ -1,4 +1,9 @@
-"""prompt -> text states -> noise -> denoise loop (sequence- and CFG-parallel) -> VAE decode -> Video."""
+"""prompt (+ image) -> text (+ image) states -> noise -> denoise loop (sequence- and CFG-parallel) -> VAE decode -> Video.
+
+Image-to-video (``generate(..., image=...)``, see ``vidpar.models.wan.image_conditioning``): rank 0 runs the CLIP
+image encoder (Wan 2.1 I2V) and the VAE encode of the conditioning once and broadcasts the results, exactly as the
+text states; every rank checks the image first, so a bad image is a ``ValueError`` everywhere before any collective.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,16 @@ from pathlib import Path
 import torch
 
 from vidpar.checkpoint import DenoiseCheckpoint, GenerationInterrupted, StopRequest
-from vidpar.models.wan.components import WanComponents, check_source, load_components
+from vidpar.models.wan.components import OFFICIAL_CLIP, WanComponents, check_source, load_components
+from vidpar.models.wan.image_conditioning import (
+    ImageConditioning,
+    ImageInput,
+    check_image,
+    condition_shape,
+    encode_condition,
+    image_digest,
+    preprocess_image,
+)
 from vidpar.models.wan.text_encoder import check_prompts
 from vidpar.parallel import ParallelConfig, ParallelContext, init_parallel
 from vidpar.parallel.fsdp import shard_weights
@@ -125,16 +139,31 @@ class Pipeline:
         if dtype is None:
             dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
         holds_text_encoder = fsdp or ctx.rank == 0  # without FSDP rank 0 alone encodes and broadcasts
-        comps = ctx_agree(ctx, lambda: load_components(source, dtype, ctx.device, holds_text_encoder, attention_backend))
+        comps = ctx_agree(ctx, lambda: load_components(
+            source, dtype, ctx.device, holds_text_encoder, attention_backend, load_image_encoder=ctx.rank == 0))
         return cls(comps, ctx, dtype, vae_mode, fsdp)
 
     # ---- the steps of a generation ----
 
-    def validate(self, req: GenerationRequest) -> tuple[int, ...]:
-        """Check a request on this rank (identical everywhere): sizes, prompt lengths, scheduler name."""
+    def validate(self, req: GenerationRequest, image: ImageInput | None = None) -> tuple[int, ...]:
+        """Check a request on this rank (identical everywhere): sizes, prompt lengths, scheduler name, and whether
+        the model takes an image and this one is usable."""
         shape = latent_shape(self.comps, req)
         check_prompts(self.comps.tokenizer, [req.prompt, req.negative_prompt], self.comps.text_len)
         make_scheduler(req.scheduler, 1.0)
+        mode = self.comps.image_mode
+        if image is None and mode == "i2v":
+            raise ValueError("this is an image-to-video model: pass image=... (a PIL image, uint8 array or tensor)")
+        if image is not None:
+            if mode == "t2v":
+                raise ValueError("this is a text-to-video model: it takes no image (image must be None)")
+            check_image(image, req.height, req.width)
+            if self.comps.transformer.config.image_dim is not None and self.comps.image_tokens is None:
+                raise ValueError(
+                    "this Wan 2.1 I2V model needs a CLIP image encoder, and its folder has none vidpar can load "
+                    f"(a diffusers folder's image_encoder/ + image_processor/; the official {OFFICIAL_CLIP} is not "
+                    "supported: convert the checkpoint to the diffusers layout)"
+                )
         return shape
 
     def encode_text(self, req: GenerationRequest) -> torch.Tensor:
@@ -153,6 +182,34 @@ class Pipeline:
         ctx_agree(self.ctx, encode, only_rank0=True)
         return self.ctx.comm.broadcast(states, 0, "world")
 
+    def encode_image(self, image: ImageInput, req: GenerationRequest, shape: tuple[int, ...]) -> ImageConditioning:
+        """The image's conditioning (see ``ImageConditioning``), computed once on rank 0 and broadcast.
+
+        Rank 0 alone holds the CLIP encoder, and one VAE encode is cheap next to the denoise loop, so the other ranks
+        wait rather than repeat it; the broadcast also makes the conditioning bit-identical on every rank.
+        """
+        comps, device, mode = self.comps, self.ctx.device, self.comps.image_mode
+        vae = comps.vae.config
+        cond = torch.empty(condition_shape(mode, vae.z_dim, vae.scale_factor_temporal, shape),
+                           device=device, dtype=self.latent_dtype)
+        states = None
+        if comps.transformer.config.image_dim is not None:
+            dims = (1, comps.image_tokens, comps.transformer.config.image_dim)
+            states = torch.empty(dims, device=device, dtype=self.dtype)
+
+        def encode():
+            with torch.no_grad():
+                if states is not None:
+                    states.copy_(comps.image_encoder.encode(image))
+                pixels = preprocess_image(image, req.height, req.width)
+                cond.copy_(encode_condition(comps.vae, pixels, mode, req.num_frames, self.latent_dtype))
+
+        ctx_agree(self.ctx, encode, only_rank0=True)
+        cond = self.ctx.comm.broadcast(cond, 0, "world")
+        if states is not None:
+            states = self.ctx.comm.broadcast(states, 0, "world")
+        return ImageConditioning(mode, cond, states)
+
     def denoise(
         self,
         latents: torch.Tensor,
@@ -161,8 +218,12 @@ class Pipeline:
         checkpoint: DenoiseCheckpoint | None = None,
         stop: StopRequest | None = None,
         progress: bool = False,
+        image: ImageConditioning | None = None,
     ) -> torch.Tensor:
-        """Run the sampler. latents ``[1, z, T, h, w]`` full on every rank; returns the final latents."""
+        """Run the sampler. latents ``[1, z, T, h, w]`` full on every rank; returns the final latents.
+
+        ``image``: the image conditioning (``encode_image``); for TI2V the returned latents' first frame is the image
+        latent, as in diffusers."""
         comps = self.comps
         sched = make_scheduler(req.scheduler, req.flow_shift or comps.flow_shift)
         sched.set_timesteps(req.num_steps, device=self.ctx.device)
@@ -180,7 +241,7 @@ class Pipeline:
             model = comps.transformer_2 if low_noise else comps.transformer
             scale = (req.guidance_scale_2 or req.guidance_scale) if low_noise else req.guidance_scale
             with torch.no_grad():
-                flow = self._guided_flow(model, latents, t, cond, uncond, scale)
+                flow = self._guided_flow(model, latents, t, cond, uncond, scale, image)
             latents = sched.step(flow, t, latents)
             if bar is not None:
                 bar.update(1)
@@ -193,21 +254,25 @@ class Pipeline:
                 raise GenerationInterrupted(i + 1, checkpoint.path if checkpoint else None)
         if bar is not None:
             bar.close()
-        return latents
+        return latents if image is None else image.impose(latents)
 
-    def _guided_flow(self, model, latents, t, cond, uncond, scale: float) -> torch.Tensor:
+    def _guided_flow(self, model, latents, t, cond, uncond, scale: float, image=None) -> torch.Tensor:
         """Classifier-free guidance; with cfg=2 the two branches run on the two cfg rank groups."""
-        x = latents.to(self.dtype)
-        ts = t.reshape(1).to(torch.float32).expand(x.shape[0])
+        if image is None:
+            x, img = latents.to(self.dtype), None
+            ts = t.reshape(1).to(torch.float32).expand(x.shape[0])
+        else:  # the conditioning enters the input (channels or first frame) and, for TI2V, the timesteps
+            x, img = image.model_input(latents).to(self.dtype), image.image_states
+            ts = image.timestep(t, latents, model.config.patch_size)
         if scale <= 1.0:
-            return model(x, ts, cond).to(latents.dtype)
+            return model(x, ts, cond, img).to(latents.dtype)
         if self.ctx.config.cfg == 2:
             mine = cond if self.ctx.coords["cfg"] == 0 else uncond
-            both = self.ctx.comm.all_gather(model(x, ts, mine).to(latents.dtype).contiguous(), "cfg")
+            both = self.ctx.comm.all_gather(model(x, ts, mine, img).to(latents.dtype).contiguous(), "cfg")
             flow_c, flow_u = both[0], both[1]
         else:
-            flow_c = model(x, ts, cond).to(latents.dtype)
-            flow_u = model(x, ts, uncond).to(latents.dtype)
+            flow_c = model(x, ts, cond, img).to(latents.dtype)
+            flow_u = model(x, ts, uncond, img).to(latents.dtype)
         return flow_u + scale * (flow_c - flow_u)
 
     def _any_rank(self, flag: bool) -> bool:
@@ -249,8 +314,13 @@ class Pipeline:
         checkpoint_every: int = 1,
         stop: StopRequest | None = None,
         progress: bool = False,
+        image: ImageInput | None = None,
     ) -> Video:
         """Generate one clip. Same arguments on every rank; returns a ``Video`` (frames on rank 0 by default).
+
+        ``image``: the first frame for image-to-video models (required by Wan 2.1 I2V / Wan 2.2 I2V A14B, optional
+        for Wan 2.2 TI2V-5B, refused by text-to-video models): a PIL image or uint8 array ``[H, W, 3]`` (resized to
+        ``height`` x ``width`` as diffusers does) or a float tensor ``[3, height, width]`` in [0, 1].
 
         ``checkpoint_dir``: snapshot latents + scheduler state every ``checkpoint_every`` steps and resume from an
         existing snapshot of the same request; ``stop`` (see ``StopRequest``) ends the run after the current step
@@ -262,13 +332,17 @@ class Pipeline:
             prompt, negative_prompt or "", height, width, num_frames, num_steps, guidance_scale,
             guidance_scale_2, seed, scheduler, flow_shift,
         )
-        shape = self.validate(req)
+        shape = self.validate(req, image)
         ckpt = None
         if checkpoint_dir is not None:
-            ckpt = DenoiseCheckpoint(Path(checkpoint_dir), checkpoint_every, {**asdict(req), "model": self.comps.name})
+            key = {**asdict(req), "model": self.comps.name}
+            if image is not None:  # a snapshot must not be resumed with another image
+                key["image"] = image_digest(preprocess_image(image, height, width))
+            ckpt = DenoiseCheckpoint(Path(checkpoint_dir), checkpoint_every, key)
         text = self.encode_text(req)
+        cond = self.encode_image(image, req, shape) if image is not None else None
         latents = initial_noise(shape, seed, self.ctx.device, self.latent_dtype)
-        latents = self.denoise(latents, text, req, ckpt, stop, progress)
+        latents = self.denoise(latents, text, req, ckpt, stop, progress, cond)
         video = self.decode(latents, output)
         if ckpt is not None:
             ckpt_done_barrier(self.ctx)

@@ -5,6 +5,12 @@ the Wan 2.2 A14B low-noise expert), ``vae/``, ``text_encoder/``, ``tokenizer/``,
 Official layout (a ``Wan-AI/Wan2.x-*`` folder): the DiT's ``config.json`` + safetensors at the top (or
 ``high_noise_model/`` + ``low_noise_model/`` for A14B), ``Wan2.1_VAE.pth`` or ``Wan2.2_VAE.pth``,
 ``models_t5_umt5-xxl-enc-bf16.pth`` and the tokenizer in ``google/umt5-xxl/``.
+
+Image-to-video: a diffusers Wan 2.1 I2V folder adds ``image_encoder/`` (``CLIPVisionModel``) and
+``image_processor/`` (``CLIPImageProcessor``); Wan 2.2 I2V A14B needs neither; Wan 2.2 TI2V-5B is marked by
+``expand_timesteps: true`` in ``model_index.json`` (official: ``model_type: "ti2v"``). The official Wan 2.1 I2V
+CLIP file (``models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth``) is not supported: such a folder loads, but
+image-to-video with it raises ``ValueError`` (convert it to the diffusers layout).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .image_conditioning import WanImageEncoder, clip_num_tokens
 from .text_encoder import WanTextEncoder, load_tokenizer
 from .transformer import WanTransformer3D
 from .vae import WanVAE
@@ -24,13 +31,15 @@ BUILTIN_NAMES = ("tiny", "tiny-shapes")
 PACKAGED_MODELS = {"tiny-shapes": Path(__file__).resolve().parents[2] / "assets" / "tiny-shapes"}
 OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 OFFICIAL_TOKENIZER = "google/umt5-xxl"
+OFFICIAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 # Official Wan 2.2 defaults (wan/configs/wan_*_A14B.py): expert boundary and sample shift.
 OFFICIAL_A14B = {"t2v": (0.875, 12.0), "i2v": (0.900, 5.0)}
 
 
 @dataclass
 class WanComponents:
-    """Loaded parts. ``text_encoder`` is None on ranks that do not run it (the tokenizer is everywhere)."""
+    """Loaded parts. ``text_encoder`` and ``image_encoder`` are None on ranks that do not run them (the tokenizer
+    and ``image_tokens``, the CLIP state count, are everywhere)."""
 
     transformer: WanTransformer3D
     vae: WanVAE
@@ -40,10 +49,27 @@ class WanComponents:
     boundary_ratio: float | None = None  # expert switch at t < boundary * 1000
     flow_shift: float = 5.0
     name: str = ""
+    image_encoder: WanImageEncoder | None = None  # CLIP (Wan 2.1 I2V), on the ranks that run it
+    image_tokens: int | None = None  # its states' token count, known on every rank; None: no image encoder
+    expand_timesteps: bool = False  # Wan 2.2 TI2V-5B: the image latent replaces the first latent frame
 
     @property
     def text_len(self) -> int:
         return self.transformer.config.text_len
+
+    @property
+    def image_mode(self) -> str:
+        """``"i2v"`` (36-channel input: noise + mask + image latent), ``"ti2v"`` (image optional, replaces the first
+        latent frame) or ``"t2v"`` (no image). Raises ``ValueError`` for a channel count that fits none."""
+        cin, z = self.transformer.config.in_channels, self.vae.config.z_dim
+        if cin == z:
+            return "ti2v" if self.expand_timesteps else "t2v"
+        if cin == 2 * z + self.vae.config.scale_factor_temporal and not self.expand_timesteps:
+            return "i2v"
+        raise ValueError(
+            f"the DiT takes {cin} input channels, which fits neither text-to-video ({z}) nor image-to-video "
+            f"({2 * z + self.vae.config.scale_factor_temporal} = noise + mask + image latent) with a {z}-channel VAE"
+        )
 
 
 def check_source(source: str | Path) -> Path | str:
@@ -75,6 +101,7 @@ def load_components(
     device: torch.device | str = "cpu",
     load_text_encoder: bool = True,
     attention_backend: str = "auto",
+    load_image_encoder: bool | None = None,
 ) -> WanComponents:
     """Load a built-in model or a checkpoint folder onto ``device``.
 
@@ -82,7 +109,10 @@ def load_components(
         dtype: weights of the DiT(s) and text encoder; the VAE runs in fp32 on CPU (unless float64) and in
             ``dtype`` elsewhere.
         load_text_encoder: False on ranks that receive the text states by broadcast (saves its memory).
+        load_image_encoder: the same for the CLIP image encoder (Wan 2.1 I2V); None: as ``load_text_encoder``.
     """
+    if load_image_encoder is None:
+        load_image_encoder = load_text_encoder
     source = check_source(source)
     if source == "tiny":
         from .builtin import build_tiny
@@ -90,7 +120,7 @@ def load_components(
         dit, vae, te, tok = build_tiny(load_text_encoder=load_text_encoder, attention_backend=attention_backend)
         comps = WanComponents(dit, vae, te, tok, flow_shift=3.0, name="tiny")
     elif (source / "model_index.json").is_file():
-        comps = _load_diffusers(source, dtype, load_text_encoder, attention_backend)
+        comps = _load_diffusers(source, dtype, load_text_encoder, attention_backend, load_image_encoder)
     else:
         comps = _load_official(source, dtype, load_text_encoder, attention_backend)
     # bf16/fp16 VAEs are slow or unsupported on CPU; float64 (exact-comparison runs) is kept everywhere.
@@ -101,10 +131,27 @@ def load_components(
     comps.vae.to(device=device, dtype=vae_dtype)
     if comps.text_encoder is not None:
         comps.text_encoder.model.to(device=device, dtype=dtype)
+    if comps.image_encoder is not None:
+        comps.image_encoder.model.to(device=device, dtype=dtype)
     return comps
 
 
-def _load_diffusers(path: Path, dtype, load_text_encoder: bool, backend: str) -> WanComponents:
+def _load_image_encoder(path: Path, index: dict, dtype, load: bool, image_dim: int | None):
+    """``(encoder or None, token count or None)`` of a diffusers folder's CLIP; checks it fits the DiT."""
+    if index.get("image_encoder", [None])[0] is None or not (path / "image_encoder").is_dir():
+        return None, None
+    from transformers import CLIPVisionConfig
+
+    config = CLIPVisionConfig.from_pretrained(path / "image_encoder")
+    if image_dim is not None and config.hidden_size != image_dim:
+        raise ValueError(f"image_encoder width {config.hidden_size} does not match the DiT's image_dim {image_dim}")
+    encoder = WanImageEncoder.from_pretrained(path, dtype=dtype) if load else None
+    return encoder, clip_num_tokens(config)
+
+
+def _load_diffusers(
+    path: Path, dtype, load_text_encoder: bool, backend: str, load_image_encoder: bool = False
+) -> WanComponents:
     index = json.loads((path / "model_index.json").read_text())
     dit = WanTransformer3D.from_pretrained(path / "transformer", dtype=dtype, attention_backend=backend)
     dit_2 = None
@@ -113,9 +160,13 @@ def _load_diffusers(path: Path, dtype, load_text_encoder: bool, backend: str) ->
     sched_file = path / "scheduler" / "scheduler_config.json"
     shift = json.loads(sched_file.read_text()).get("flow_shift", 5.0) if sched_file.is_file() else 5.0
     te = WanTextEncoder.from_pretrained(path, dtype=dtype) if load_text_encoder else None
+    image_encoder, image_tokens = None, None
+    if dit.config.image_dim is not None:
+        image_encoder, image_tokens = _load_image_encoder(path, index, dtype, load_image_encoder, dit.config.image_dim)
     return WanComponents(
         dit, WanVAE.from_pretrained(path / "vae"), te, load_tokenizer(path / "tokenizer"),
         transformer_2=dit_2, boundary_ratio=index.get("boundary_ratio"), flow_shift=float(shift), name=str(path),
+        image_encoder=image_encoder, image_tokens=image_tokens, expand_timesteps=bool(index.get("expand_timesteps")),
     )
 
 
@@ -134,4 +185,5 @@ def _load_official(path: Path, dtype, load_text_encoder: bool, backend: str) -> 
     return WanComponents(
         dit, WanVAE.from_pretrained(vae_file), te, load_tokenizer(path / OFFICIAL_TOKENIZER),
         transformer_2=dit_2, boundary_ratio=boundary, flow_shift=shift, name=str(path),
+        expand_timesteps=dit.config.model_type == "ti2v",  # the official CLIP (OFFICIAL_CLIP) is not loaded
     )

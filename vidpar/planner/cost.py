@@ -22,8 +22,8 @@ from vidpar.parallel.config import ParallelConfig
 from vidpar.parallel.split import split_sizes
 
 from . import hardware as hw
-from .comm_model import cfg_exchange_bytes, predict_comm_bytes
-from .workload import ModelSpec, dit_params, forward_flops
+from .comm_model import cfg_exchange_bytes, predict_comm_bytes, predict_vae_busiest_rank_bytes
+from .workload import ModelSpec, dit_params, forward_flops, latent_shape, vae_config_for
 
 # Elementwise traffic per layer (LayerNorms, AdaLN modulation, rotary, fp32 residual adds, dtype casts):
 # ~15 reads/writes of a fp32 [S, dim] tensor = 60 bytes per token and dim unit (counted from the block code).
@@ -37,9 +37,8 @@ RING_CAT_BYTES_PER_TOKEN_DIM = 8
 RING_MERGE_BYTES_PER_TOKEN_DIM = 20
 CONTROL_SYNC_S = 20e-6  # host read of the exchanged lengths (``.tolist()``) drains the stream; assumed
 VAE_EFFICIENCY = 0.15  # fp32/TF32 causal conv3d decode vs the bf16 peak: an uncalibrated assumption
-VAE_HALO_CHANNEL_ROWS = 2500
 # Share of decoder FLOPs in its largest stage (the full-resolution up block): bounds pipelined decode (estimate).
-VAE_LARGEST_STAGE_SHARE = 0.45  # sum over decoder convs of channels x halo rows, per output column (estimate)
+VAE_LARGEST_STAGE_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -153,26 +152,36 @@ def step_time(
     return StepTime(forwards * compute, step_exposed, forwards, step_bytes)
 
 
-def vae_decode_time(model: ModelSpec, video: tuple[int, int, int], vae_mode: str, cluster: Cluster) -> float:
-    """Seconds of the VAE decode (an uncalibrated estimate) for a ``vae_mode`` of ``vidpar.models.wan.vae_plan``
-    (``"patch"``, ``"pipeline"``, ``"combined"``) or ``"single"`` (one GPU)."""
+def vae_decode_comm_bytes(model: ModelSpec, video: tuple[int, int, int], vae_mode: str, gpus: int) -> dict[str, int]:
+    """Exact bytes the busiest rank sends in one parallel decode (``comm_model.predict_vae_busiest_rank_bytes``) of a
+    ``frames x height x width`` video as ``vidpar.pipeline`` runs it: fp32, ``output="rank0"``; empty on one GPU."""
+    if vae_mode == "single" or gpus == 1:
+        return {}
+    frames, height, width = video
+    latent = latent_shape(model.vae, height, width, frames)
+    return predict_vae_busiest_rank_bytes(vae_config_for(model.vae), latent, gpus, vae_mode, "rank0", 4)
+
+
+def vae_decode_time(model: ModelSpec, video: tuple[int, int, int], vae_mode: str, cluster: Cluster,
+                    comm_bytes: dict[str, int] | None = None) -> float:
+    """Seconds of the VAE decode for a ``vae_mode`` of ``vidpar.models.wan.vae_plan`` (``"patch"``, ``"pipeline"``,
+    ``"combined"``) or ``"single"`` (one GPU). Compute is an uncalibrated estimate; the communication term is the
+    busiest rank's exact bytes (:func:`vae_decode_comm_bytes`: halos, band attention, hand-offs, output to rank 0),
+    assumed not overlapped, over the world's slowest link (``comm_bytes``: that dict if already computed)."""
     frames, height, width = video
     pixels = frames * height * width
     t = pixels * model.vae.decode_flops_per_pixel / (cluster.gpu.bf16_tflops * 1e12 * VAE_EFFICIENCY)
     n = cluster.gpus
     if vae_mode == "single" or n == 1:
         return t
-    halo = vae_halo_bytes(video) / (cluster.bandwidth(cluster.spans_nodes(n)) * hw.P2P_EFFICIENCY)
+    if comm_bytes is None:
+        comm_bytes = vae_decode_comm_bytes(model, video, vae_mode, n)
+    nbytes = sum(comm_bytes.values())
+    comm = nbytes / (cluster.bandwidth(cluster.spans_nodes(n)) * hw.P2P_EFFICIENCY)
     if vae_mode == "patch":
-        return t / n + halo
+        return t / n + comm
     if vae_mode == "combined":  # two stage groups, each banding over n/2 ranks
-        return t * max(0.5, VAE_LARGEST_STAGE_SHARE) / (n // 2) + halo
+        return t * max(0.5, VAE_LARGEST_STAGE_SHARE) / (n // 2) + comm
     if vae_mode == "pipeline":  # stages over ranks: bounded by the largest stage
-        return t * max(1.0 / n, VAE_LARGEST_STAGE_SHARE)
+        return t * max(1.0 / n, VAE_LARGEST_STAGE_SHARE) + comm
     raise ValueError(f"unknown vae_mode {vae_mode!r}")
-
-
-def vae_halo_bytes(video: tuple[int, int, int]) -> float:
-    """Estimated halo bytes one rank sends in a patch-parallel decode (rows above and below its strip, fp32)."""
-    frames, _, width = video
-    return 2 * 4.0 * frames * width * VAE_HALO_CHANNEL_ROWS

@@ -12,9 +12,10 @@ from vidpar.models.wan.transformer_config import WanTransformerConfig
 from vidpar.parallel.config import ParallelConfig
 
 from . import hardware as hw
-from .cost import Cluster, step_time, vae_decode_time, vae_halo_bytes
+from .cost import Cluster, step_time, vae_decode_comm_bytes, vae_decode_time
 from .memory import estimate_memory
-from .workload import ModelSpec, latent_shape, model_spec, num_tokens
+from .comm_model import vae_num_stages
+from .workload import ModelSpec, latent_shape, model_spec, num_tokens, vae_config_for
 
 VAE_MODES = ("patch", "combined", "pipeline")  # the parallel decode modes of vidpar.models.wan.vae_plan
 
@@ -46,7 +47,7 @@ class LayoutPlan:
     step_time_s: float = 0.0
     denoise_time_s: float = 0.0
     vae_time_s: float = 0.0
-    vae_comm_bytes_per_gpu: int = 0  # estimated halo bytes of a patch-parallel decode (not exact; see comm_model)
+    vae_comm_bytes_per_gpu: int = 0  # exact bytes the busiest rank sends in the decode (fp32, output rank0)
     total_time_s: float = 0.0
     compute_s: float = 0.0
     exposed_comm_s: float = 0.0
@@ -85,9 +86,11 @@ def _factorizations(n: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def _vae_modes(n: int) -> tuple[str, ...]:
-    """Decode modes worth listing on ``n`` GPUs ("combined" needs two stage groups of at least 2 ranks)."""
-    return tuple(m for m in VAE_MODES if m != "combined" or (n >= 4 and n % 2 == 0))
+def _vae_modes(n: int, stages: int = 7) -> tuple[str, ...]:
+    """Decode modes that run on ``n`` GPUs ("combined" needs two stage groups of at least 2 ranks; "pipeline" at
+    most one rank per decoder stage, of which Wan VAEs have ``stages``)."""
+    return tuple(m for m in VAE_MODES
+                 if (m != "combined" or (n >= 4 and n % 2 == 0)) and (m != "pipeline" or n <= stages))
 
 
 def single_gpu_step_time(req: Request) -> float:
@@ -98,8 +101,10 @@ def single_gpu_step_time(req: Request) -> float:
                      req.guidance).total_s
 
 
-def evaluate(req: Request, u: int, r: int, c: int, fsdp: bool, vae_mode: str, t_one: float) -> LayoutPlan:
-    """Predictions and rejection reasons of one layout."""
+def evaluate(req: Request, u: int, r: int, c: int, fsdp: bool, vae_mode: str, t_one: float,
+             vae_bytes: dict[str, int] | None = None) -> LayoutPlan:
+    """Predictions and rejection reasons of one layout (``vae_bytes``: ``vae_decode_comm_bytes`` of ``vae_mode``,
+    computed here if None; it does not depend on the DiT layout)."""
     cfg, cl = req.model.config, req.cluster
     plan = LayoutPlan(u, r, c, fsdp, vae_mode)
     if c > 2:
@@ -133,10 +138,12 @@ def evaluate(req: Request, u: int, r: int, c: int, fsdp: bool, vae_mode: str, t_
     plan.comm_breakdown = dict(st.comm_bytes)
     plan.comm_bytes_per_gpu_per_step = int(sum(st.comm_bytes.values()))
     plan.denoise_time_s = req.steps * st.total_s
-    plan.vae_time_s = vae_decode_time(req.model, (req.frames, req.height, req.width), vae_mode, cl)
+    video = (req.frames, req.height, req.width)
+    if vae_bytes is None:
+        vae_bytes = vae_decode_comm_bytes(req.model, video, vae_mode, cl.gpus)
+    plan.vae_time_s = vae_decode_time(req.model, video, vae_mode, cl, vae_bytes)
     plan.total_time_s = plan.denoise_time_s + plan.vae_time_s
-    if vae_mode in ("patch", "combined") and cl.gpus > 1:
-        plan.vae_comm_bytes_per_gpu = int(vae_halo_bytes((req.frames, req.height, req.width)))
+    plan.vae_comm_bytes_per_gpu = sum(vae_bytes.values())
     plan.scaling_efficiency = t_one / (cl.gpus * st.total_s)
 
     mem = estimate_memory(req.model, tokens, (req.frames, req.height, req.width), u, r, cl.gpus, fsdp, vae_mode,
@@ -161,11 +168,15 @@ def plan_layouts(req: Request) -> tuple[list[LayoutPlan], list[LayoutPlan]]:
     if req.steps < 1:
         raise ValueError(f"steps must be positive, got {req.steps}")
     t_one = single_gpu_step_time(req)
+    stages = vae_num_stages(vae_config_for(req.model.vae))
+    modes = _vae_modes(n, stages) if n > 1 else ("single",)
+    video = (req.frames, req.height, req.width)
+    vae_bytes = {m: vae_decode_comm_bytes(req.model, video, m, n) for m in modes}  # the same for every DiT layout
     plans = []
     for u, r, c in _factorizations(n):
         for fsdp in ((False, True) if n > 1 else (False,)):
-            for vae_mode in (_vae_modes(n) if n > 1 else ("single",)):
-                plans.append(evaluate(req, u, r, c, fsdp, vae_mode, t_one))
+            for vae_mode in modes:
+                plans.append(evaluate(req, u, r, c, fsdp, vae_mode, t_one, vae_bytes[vae_mode]))
     key = lambda p: (round(p.total_time_s, 6), round(p.step_time_s, 6), p.peak_memory_gb, p.ring, p.cfg)  # noqa
     ok = sorted((p for p in plans if not p.rejected), key=key)
     bad = sorted((p for p in plans if p.rejected), key=key)

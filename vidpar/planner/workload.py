@@ -98,6 +98,13 @@ def _vae_for(cfg: WanTransformerConfig) -> VaeGeometry:
     return WAN22_VAE if cfg.out_channels == WAN22_VAE.z_dim else WAN21_VAE
 
 
+def vae_config_for(vae: VaeGeometry) -> "WanVAEConfig":
+    """The released VAE architecture of a geometry (48 latent channels: Wan2.2 VAE, else Wan2.1 VAE)."""
+    from vidpar.models.wan.vae_config import WanVAEConfig
+
+    return WanVAEConfig.wan22() if vae.z_dim == WAN22_VAE.z_dim else WanVAEConfig.wan21()
+
+
 def latent_shape(vae: VaeGeometry, height: int, width: int, frames: int) -> tuple[int, int, int, int]:
     """``(C, F_lat, H_lat, W_lat)`` of the latent of a ``frames x height x width`` video.
 

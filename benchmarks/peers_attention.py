@@ -165,12 +165,17 @@ def main() -> None:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--check", nargs="*", default=None, help="SxH shapes to check (no timing), e.g. 1001x8 1024x5")
-    p.add_argument("--timeout", type=float, default=60.0, help="collective timeout, seconds")
+    p.add_argument("--only", nargs="*", default=None, help="run only methods whose name contains one of these")
+    p.add_argument("--timeout", type=float, default=60.0, help="collective timeout (default group), seconds")
     args = p.parse_args()
     dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
     rank, world = dist.get_rank(), dist.get_world_size()
-    report_group = dist.new_group(timeout=timedelta(seconds=args.timeout))  # results travel apart from peers' groups
+    # Results travel on their own group, with a longer deadline than the peers' collectives: a rank stuck in a
+    # peer's collective times out there first, and then reports FAIL instead of breaking the report.
+    report_group = dist.new_group(timeout=timedelta(seconds=3 * args.timeout + 30))
     methods = vidpar_methods(world) + yunchang_methods(rank, world) + deepspeed_methods(rank, world)
+    if args.only:  # every method is still built (its groups are collective), only the chosen ones run
+        methods = [m for m in methods if any(word in m[0] for word in args.only)]
     threads = torch.get_num_threads()
 
     if args.check is None:

@@ -185,18 +185,13 @@ def vae_num_stages(cfg: WanVAEConfig) -> int:
     return len(cfg.dim_mult) + 3
 
 
-def vae_stage_costs(cfg: WanVAEConfig, h: int, w: int, halo_swapped: bool = False) -> list[float]:
+def vae_stage_costs(cfg: WanVAEConfig, h: int, w: int) -> list[float]:
     """``vae_plan.stage_costs`` from the config alone (same float operations in the same order, so the same
     ``balance_stages`` ranges): conv weight elements x pixels per stage, plus the mid attention's ``2 S^2 C``.
-
-    ``halo_swapped``: the costs ``stage_costs`` returns on a decoder parallelized with a mode other than
-    ``"pipeline"``, which is what ``ParallelDecodeLoop.forward`` balances with. There the spatial convs are
-    ``HaloConv`` modules (not ``nn.Conv3d``/``nn.Conv2d``), so the mid block and the up blocks count only their
-    1x1 convs (to_qkv, proj, shortcuts); conv_in, the upsample convs and conv_out are read by attribute and stay.
     """
     dims, blocks = _decoder_layout(cfg)
     k3 = 27  # 3x3x3 kernels
-    res_k3 = 0 if halo_swapped else k3  # resnet conv1/conv2 as stage_costs sees them
+    res_k3 = k3  # resnet conv1/conv2
     pixels = float(h * w)
     costs = [cfg.z_dim * dims[0] * k3 * pixels]
     c = dims[0]
@@ -293,10 +288,10 @@ def _walk_stage(
 
 def _vae_bytes_of_rank(
     cfg: WanVAEConfig, batch: int, frames: int, h: int, w: int, world: int, pipe: int, patch: int, output: str,
-    eb: int, rank: int, swapped: bool,
+    eb: int, rank: int,
 ) -> dict[str, int]:
     """Bytes ``rank`` sends in one decode of a ``[batch, z, frames, h, w]`` latent on a ``pipe x patch`` layout;
-    ``eb``: activation element bytes; ``swapped``: the convs are HaloConvs (every mode but "pipeline")."""
+    ``eb``: activation element bytes."""
     out: dict[str, int] = defaultdict(int)
     if world == 1:
         return {}
@@ -305,7 +300,7 @@ def _vae_bytes_of_rank(
     pipe_index, band = divmod(rank, patch)
     stages = vae_num_stages(cfg)
     dims, blocks = _decoder_layout(cfg)
-    ranges = balance_stages(vae_stage_costs(cfg, h, w, halo_swapped=swapped), pipe)
+    ranges = balance_stages(vae_stage_costs(cfg, h, w), pipe)
     band_rows = split_sizes(h, active)
     lengths = [r * w for r in band_rows]  # mid-block attention tokens per band rank
     t_video = 0
@@ -372,10 +367,9 @@ def predict_vae_comm_bytes(
       but the last), the 64-byte band-shape broadcast from the first output band's rank, and the output bands
       (``"all"``: broadcast, ``(world - 1)`` x the band; ``"rank0"``: each band sent once to rank 0).
 
-    Stage groups are those ``balance_stages`` gives for the costs the implementation computes: on a decoder whose
-    convs were swapped for ``HaloConv`` (every mode but ``"pipeline"``) ``stage_costs`` misses the 3x3x3 resnet
-    convs, and this mirrors that (see ``vae_stage_costs(halo_swapped=True)``). Every term is exact (sizes only;
-    nothing depends on the data).
+    Stage groups are those ``balance_stages`` gives for the costs the implementation computes (``stage_costs``,
+    which counts swapped ``HaloConv`` weights like the original convs). Every term is exact (sizes only; nothing
+    depends on the data).
 
     Args:
         vae_config: the VAE's ``WanVAEConfig``.
@@ -402,8 +396,7 @@ def predict_vae_comm_bytes(
     ranks = range(world_size) if rank is None else [rank]
     merged: dict[str, int] = {}
     for q in ranks:
-        d = _vae_bytes_of_rank(vae_config, batch, frames, h, w, world_size, pipe, patch, output, dtype_bytes, q,
-                               vae_mode != "pipeline")
+        d = _vae_bytes_of_rank(vae_config, batch, frames, h, w, world_size, pipe, patch, output, dtype_bytes, q)
         for k, v in d.items():
             merged[k] = max(merged.get(k, 0), v)
     return merged

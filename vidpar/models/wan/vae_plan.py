@@ -98,6 +98,12 @@ class BandAttention(nn.Module):
         return attention(q, k, v, self.runtime.group.attn_ctx, backend=self.backend)
 
 
+def _is_conv(m: nn.Module) -> bool:
+    """A decoder conv, whether original or already swapped for a ``HaloConv`` (same weight), so that the stage
+    balance is the same before and after ``parallelize``."""
+    return isinstance(m, (nn.Conv3d, nn.Conv2d, HaloConv))
+
+
 def stage_costs(decoder: nn.Module, h: int, w: int) -> list[float]:
     """Relative cost of each decoder stage for one steady-state latent frame of ``h x w``.
 
@@ -108,12 +114,14 @@ def stage_costs(decoder: nn.Module, h: int, w: int) -> list[float]:
     costs = [decoder.conv_in.weight.numel() * pixels]
     mid = decoder.mid_block
     attn_dim = mid.attentions[0].proj.weight.shape[0]
-    mid_convs = sum(m.weight.numel() for m in mid.modules() if isinstance(m, (nn.Conv3d, nn.Conv2d)))
+    mid_convs = sum(m.weight.numel() for m in mid.modules() if _is_conv(m))
     costs.append(mid_convs * pixels + 2.0 * pixels * pixels * attn_dim)
     for block in decoder.up_blocks:
         up = block.upsampler if block.residual else (block.upsamplers[0] if block.upsamplers is not None else None)
         up_convs = set(up.modules()) if up is not None else set()
-        cost = sum(m.weight.numel() for m in block.modules() if isinstance(m, nn.Conv3d) and m not in up_convs)
+        cost = sum(
+            m.weight.numel() for m in block.modules() if _is_conv(m) and m.weight.dim() == 5 and m not in up_convs
+        )
         cost *= pixels
         if up is not None:
             frames = 2.0 if up.mode == "upsample3d" else 1.0

@@ -144,6 +144,17 @@ def test_image_preprocessing_matches_diffusers():
     assert torch.equal(preprocess_image(t, 32, 48), 2 * t[None] - 1)
 
 
+def test_tensor_image_gives_the_clip_states_of_the_same_uint8_image():
+    from vidpar.models.wan.image_conditioning import WanImageEncoder
+
+    encoder = WanImageEncoder(*_clip(5))
+    u8 = np.asarray(make_image((48, 32)))
+    as_tensor = torch.from_numpy(u8).permute(2, 0, 1).float() / 255  # [3, H, W] in [0, 1]
+    states = encoder.encode(u8)
+    assert states.shape == (1, 17, CLIP_DIM)
+    assert torch.equal(encoder.encode(as_tensor), states)
+
+
 # ---------------------------------------------------------------- distributed: identical frames on any mesh
 
 

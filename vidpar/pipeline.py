@@ -158,6 +158,8 @@ class Pipeline:
             if mode == "t2v":
                 raise ValueError("this is a text-to-video model: it takes no image (image must be None)")
             check_image(image, req.height, req.width)
+            if self.comps.transformer.config.image_pos_embed_len is not None:
+                raise ValueError("first-last-frame (FLF2V) models take two images; they are not supported yet")
             if self.comps.transformer.config.image_dim is not None and self.comps.image_tokens is None:
                 raise ValueError(
                     "this Wan 2.1 I2V model needs a CLIP image encoder, and its folder has none vidpar can load "

@@ -121,7 +121,8 @@ def test_latents_match_diffusers(folders, variant):
     height, width = SIZES[variant]
     with torch.no_grad():
         ref = ref_pipe(
-            image=image, prompt_embeds=t5_states(ref_pipe, PROMPT), negative_prompt_embeds=t5_states(ref_pipe, NEGATIVE),
+            image=image, prompt_embeds=t5_states(ref_pipe, PROMPT),
+            negative_prompt_embeds=t5_states(ref_pipe, NEGATIVE),
             height=height, width=width, num_frames=FRAMES,
             num_inference_steps=STEPS, guidance_scale=5.0, latents=noise, output_type="latent",
             max_sequence_length=512,

@@ -1,4 +1,4 @@
-"""prompt (+ image) -> text (+ image) states -> noise -> denoise loop (sequence- and CFG-parallel) -> VAE decode -> Video.
+"""prompt (+ image) -> text (+ image) states -> noise -> denoise loop (sequence-, CFG-parallel) -> VAE decode -> Video.
 
 Image-to-video (``generate(..., image=...)``, see ``vidpar.models.wan.image_conditioning``): rank 0 runs the CLIP
 image encoder (Wan 2.1 I2V) and the VAE encode of the conditioning once and broadcasts the results, exactly as the

@@ -54,11 +54,12 @@ def check_image(image: Any, height: int, width: int) -> None:
         return
     if isinstance(image, torch.Tensor):
         if not image.is_floating_point() or image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"a tensor image must be float [3, H, W] in [0, 1], got {image.dtype} {list(image.shape)}")
+            got = f"{image.dtype} {list(image.shape)}"
+            raise ValueError(f"a tensor image must be float [3, H, W] in [0, 1], got {got}")
         if tuple(image.shape[1:]) != (height, width):
             raise ValueError(
-                f"a tensor image must already be {height}x{width} (height x width), got {image.shape[1]}x{image.shape[2]}"
-                "; pass a PIL image or a uint8 array to have it resized"
+                f"a tensor image must already be {height}x{width} (height x width), got "
+                f"{image.shape[1]}x{image.shape[2]}; pass a PIL image or a uint8 array to have it resized"
             )
         if not bool(torch.isfinite(image).all()) or image.min() < 0 or image.max() > 1:
             raise ValueError("a tensor image must hold finite values in [0, 1]")

@@ -54,25 +54,33 @@ def slurm():
     return True
 
 
-def _sbatch(template: str, options: list[str], args: list[str], cwd: Path, timeout: float = 240.0):
+def _sbatch(template: str, options: list[str], args: list[str], cwd: Path, timeout: float = 240.0,
+            on_start=None, **env: str):
     """Submit ``template`` for real and wait for the job; returns (final job state, exit code, job log).
 
-    (Polls ``scontrol`` twice a second instead of ``sbatch --wait``, whose back-off adds ~15 s per job.)
+    ``on_start(job_id)`` runs right after submission (e.g. to preempt the job). Polls ``scontrol`` twice a second
+    instead of using ``sbatch --wait``, whose back-off adds ~15 s per job.
     """
     log = cwd / "job.out"
     cmd = ["sbatch", "--parsable", f"--output={log}", f"--chdir={cwd}", "--time=10", "--cpus-per-task=1",
            *options, str(REPO / "launch" / "slurm" / template), *args]
-    env = cli_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    env = cli_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), **env)
     res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, f"sbatch failed: {res.stdout}{res.stderr}"
     job = res.stdout.strip().split(";")[0]
+    if on_start is not None:
+        on_start(job)
     deadline = time.monotonic() + timeout
-    state, code = "PENDING", ""
+    state, code, expedited = "PENDING", "", False
     while time.monotonic() < deadline:
         info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
                               timeout=20).stdout
         fields = dict(f.split("=", 1) for f in info.split() if "=" in f)
         state, code = fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", "")
+        if state == "PENDING" and fields.get("Restarts", "0") != "0" and not expedited:
+            # Slurm holds a requeued job ~2 minutes before it may start again; the test need not wait for that
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=20, check=True)
+            expedited = True
         if state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"):
             break
         time.sleep(0.5)
@@ -103,11 +111,25 @@ def test_multi_node_template_two_nodes_two_ranks_each(slurm, tmp_path, reference
     assert np.array_equal(np.load(tmp_path / "fox.npy"), reference), log
 
 
-def test_single_node_template_srun_without_torchrun(slurm, tmp_path, reference):
-    """srun starts the ranks itself: vidpar maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (vidpar.launch_env)."""
-    args = ["--steps", "3", "--dtype", "float64", "--out", "fox.npy", "--ring", "2", "--timeout", "120", *TINY]
+def test_single_node_template_srun_preempted_requeued_and_resumed(slurm, tmp_path, reference):
+    """srun starts the ranks itself (vidpar maps SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID). The batch script gets
+    the preemption signal mid-run (as ``--signal=B:USR1@...`` delivers it): the ranks save and exit 3, the script
+    requeues the job, and the requeued job resumes to the frames of an uninterrupted run."""
+    ckpt = tmp_path / "ckpt"
+    args = ["--steps", "3", "--dtype", "float64", "--out", "fox.npy", "--ring", "2", "--timeout", "120",
+            "--checkpoint-dir", str(ckpt), *TINY]
+
+    def preempt(job: str) -> None:
+        deadline = time.monotonic() + 120
+        while not (ckpt / "denoise_state.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], timeout=20, check=True)
+
     state, code, log = _sbatch("single-node.sbatch",
-                               ["--nodes=1", f"--gpus-per-node={GPUS}", f"--ntasks-per-node={GPUS}"], args, tmp_path)
+                               ["--nodes=1", f"--gpus-per-node={GPUS}", f"--ntasks-per-node={GPUS}"], args, tmp_path,
+                               on_start=preempt, VIDPAR_DEBUG_SLOW="0.4")
     assert (state, code) == ("COMPLETED", "0:0"), log
-    assert "slurm: rank 0 of 2" in log, log
+    assert "slurm: rank 0 of 2" in log and "stopped by SIGUSR1 after step" in log, log
+    assert "requeueing job" in log and "(restart 1)" in log, log
     assert np.array_equal(np.load(tmp_path / "fox.npy"), reference), log
+    assert not (ckpt / "denoise_state.pt").exists()

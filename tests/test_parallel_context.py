@@ -167,3 +167,27 @@ def test_init_parallel_wrong_degrees_raise_on_every_rank(pools):
     for message, total in pools(4).run(wrong_world_task, timeout=30):
         assert message and "needs 3 ranks" in message and "world size is 4" in message
         assert total == 4.0
+
+
+def seq_lens_task(env):
+    """Known shard lengths skip the exchange (no control bytes) and give the same result; wrong ones raise."""
+    ctx = env.context(ParallelConfig(ulysses=2, ring=2))
+    g = torch.Generator().manual_seed(0)
+    full = [torch.randn(1, 7, 3, 8, generator=g) for _ in range(3)]
+    shards = [ctx.shard_sequence(t, 1) for t in full]
+    exchanged = attention(*shards, ctx)
+    ctx.reset_comm_stats()
+    known = attention(*shards, ctx, seq_lens=[2, 2, 2, 1])
+    stats = ctx.comm_stats()
+    try:
+        attention(*shards, ctx, seq_lens=[7])  # wrong on every rank (identical input): all raise, no hang
+        error = None
+    except ValueError as e:
+        error = str(e)
+    return torch.equal(exchanged, known), stats, error
+
+
+def test_known_shard_lengths_skip_the_exchange(pools):
+    for same, stats, error in pools(4).run(seq_lens_task):
+        assert same and "control" not in stats and stats["ring"] > 0
+        assert error and "seq_lens" in error

@@ -85,6 +85,7 @@ def attention(
     joint_k: torch.Tensor | None = None,
     joint_v: torch.Tensor | None = None,
     backend: str = "auto",
+    seq_lens: list[int] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Non-causal softmax attention over a sequence split across the ``ring x ulysses`` ranks.
 
@@ -94,8 +95,11 @@ def attention(
         ctx: the parallel context.
         joint_q, joint_k: ``[B, T, H, D]``; joint_v: ``[B, T, H, Dv]`` — tokens every rank holds in full
             (identical on every rank), attended jointly with the video tokens.
-        backend: local attention backend (``vidpar.kernels``) or ``"auto"``. Ring attention and joint tokens
-            need a backend that returns a log-sum-exp; others are refused with ``ValueError``.
+        backend: local attention backend (``vidpar.kernels``) or ``"auto"``. Ring attention needs a backend that
+            returns a log-sum-exp; others are refused with ``ValueError``.
+        seq_lens: the shard length of every sp rank, if the caller knows them (identical on every rank, e.g.
+            ``split_sizes(S, ctx.sp_size)``). Without them the lengths are exchanged first (a small collective
+            that also checks that all ranks agree on B, H, D, dtype and joint tokens).
     Returns:
         ``out_local [B, S_local, H, Dv]`` — this rank's shard of attention over all (joint + video) keys;
         with joint tokens, ``(out_local, joint_out [B, T, H, Dv])`` with ``joint_out`` full on every rank.
@@ -109,7 +113,17 @@ def attention(
     num_heads = q.shape[2]
     joint_tokens = joint_q.shape[1] if has_joint else 0
 
-    lengths = _exchange_lengths(ctx, q, v, joint_tokens) if ctx.sp_size > 1 else [q.shape[1]]
+    if ctx.sp_size == 1:
+        lengths = [q.shape[1]]
+    elif seq_lens is not None:
+        lengths = list(seq_lens)
+        if len(lengths) != ctx.sp_size or lengths[ctx.sp_rank] != q.shape[1]:
+            raise ValueError(
+                f"attention: seq_lens {lengths} do not fit {ctx.sp_size} ranks where rank {ctx.sp_rank} holds "
+                f"{q.shape[1]} tokens"
+            )
+    else:
+        lengths = _exchange_lengths(ctx, q, v, joint_tokens)
     if sum(lengths) + joint_tokens == 0:
         raise ValueError("attention: the sequence has no tokens (no video and no joint tokens)")
 

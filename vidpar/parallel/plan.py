@@ -21,20 +21,28 @@ from torch import nn
 
 from .attention import attention
 from .context import SP_AXIS, ParallelContext
+from .split import split_sizes
 
 _APPLIED_ATTR = "_vidpar_applied_plan"
 
 
 class SequenceParallelAttention(nn.Module):
-    """Drop-in for a local attention op: ``forward(q, k, v)`` on this rank's shards, ``[B, S_local, H, D]``."""
+    """Drop-in for a local attention op: ``forward(q, k, v)`` on this rank's shards, ``[B, S_local, H, D]``.
 
-    def __init__(self, ctx: ParallelContext, backend: str = "auto") -> None:
+    When the plan sharded the sequence in this forward, its full length is known on every rank, so the shard
+    lengths are passed to ``attention`` and its length exchange (a collective and, on GPU, a sync) is skipped.
+    """
+
+    def __init__(self, ctx: ParallelContext, backend: str = "auto", applied: "AppliedPlan | None" = None) -> None:
         super().__init__()
         self.ctx = ctx
         self.backend = backend
+        self.applied = applied
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return attention(q, k, v, self.ctx, backend=self.backend)
+        full = self.applied.seq_len if self.applied is not None else None
+        lens = split_sizes(full, self.ctx.sp_size) if full is not None else None
+        return attention(q, k, v, self.ctx, backend=self.backend, seq_lens=lens)
 
     def extra_repr(self) -> str:
         c = self.ctx.config
@@ -52,14 +60,14 @@ def _map_tensors(value, fn):
 
 
 class _OutputHook:
-    """A spec that transforms every tensor a submodule returns (``transform(ctx, t)``)."""
+    """A spec that transforms every tensor a submodule returns (``transform(ctx, applied, t)``)."""
 
-    def transform(self, ctx: ParallelContext, t: torch.Tensor) -> torch.Tensor:
+    def transform(self, ctx: ParallelContext, applied: "AppliedPlan", t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def apply(self, module: nn.Module, ctx: ParallelContext, applied: "AppliedPlan", path: str) -> None:
         def hook(_mod, _args, output):
-            return _map_tensors(output, lambda t: self.transform(ctx, t))
+            return _map_tensors(output, lambda t: self.transform(ctx, applied, t))
 
         applied.handles.append(module.register_forward_hook(hook))
 
@@ -68,7 +76,8 @@ class _OutputHook:
 class ShardOutput(_OutputHook):
     dim: int
 
-    def transform(self, ctx: ParallelContext, t: torch.Tensor) -> torch.Tensor:
+    def transform(self, ctx: ParallelContext, applied: "AppliedPlan", t: torch.Tensor) -> torch.Tensor:
+        applied.note_length(t.shape[self.dim])
         return ctx.shard_sequence(t, self.dim)
 
 
@@ -83,6 +92,7 @@ class ShardInput:
             x = args[self.arg]
             if not isinstance(x, torch.Tensor) or (self.only_ndim is not None and x.dim() != self.only_ndim):
                 return None
+            applied.note_length(x.shape[self.dim])
             return (*args[: self.arg], ctx.shard_sequence(x, self.dim), *args[self.arg + 1 :])
 
         applied.handles.append(module.register_forward_pre_hook(hook))
@@ -92,8 +102,8 @@ class ShardInput:
 class GatherOutput(_OutputHook):
     dim: int
 
-    def transform(self, ctx: ParallelContext, t: torch.Tensor) -> torch.Tensor:
-        return ctx.gather_sequence(t, self.dim)
+    def transform(self, ctx: ParallelContext, applied: "AppliedPlan", t: torch.Tensor) -> torch.Tensor:
+        return ctx.gather_sequence(t, self.dim, length=applied.seq_len)
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,7 @@ class SequenceParallel:
     def apply(self, module: nn.Module, ctx: ParallelContext, applied: "AppliedPlan", path: str) -> None:
         if not hasattr(module, "backend"):
             raise TypeError(f"{path}: SequenceParallel replaces attention ops with a 'backend' attribute")
-        applied.swap(path, SequenceParallelAttention(ctx, module.backend))
+        applied.swap(path, SequenceParallelAttention(ctx, module.backend, applied))
 
 
 @dataclass
@@ -112,6 +122,20 @@ class AppliedPlan:
     ctx: ParallelContext
     handles: list = field(default_factory=list)
     swapped: dict[str, nn.Module] = field(default_factory=dict)  # path -> original submodule
+    # Full length of the sequence the plan sharded in the current forward (reset when the model's forward starts).
+    # It comes from full tensors, identical on every rank, so every rank takes the same collective decisions.
+    seq_len: int | None = None
+
+    def note_length(self, length: int) -> None:
+        if self.seq_len is not None and self.seq_len != length:
+            raise ValueError(
+                f"the sharding plan split sequences of lengths {self.seq_len} and {length} in one forward; "
+                "a plan may split one token sequence (with tensors aligned to it) per forward"
+            )
+        self.seq_len = length
+
+    def reset_length(self, *_args) -> None:
+        self.seq_len = None
 
     def swap(self, path: str, new: nn.Module) -> None:
         parent_path, _, name = path.rpartition(".")
@@ -158,6 +182,7 @@ def apply_plan(model: nn.Module, plan: ParallelPlan, ctx: ParallelContext) -> nn
         raise ValueError(f"sharding plan patterns match no submodule of {type(model).__name__}: {unmatched}")
     applied = AppliedPlan(model, ctx)
     if ctx.axis_size(getattr(plan, "axis", SP_AXIS)) > 1:
+        applied.handles.append(model.register_forward_pre_hook(applied.reset_length))
         for pattern, spec in plan.items():
             for path in matches[pattern]:
                 spec.apply(model.get_submodule(path), ctx, applied, path)

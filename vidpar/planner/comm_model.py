@@ -4,14 +4,14 @@ This mirrors the code path exactly, with the same conventions as ``vidpar.parall
 all-gather of ``n`` bytes over ``P`` ranks counts ``n * (P - 1)``). For a Wan DiT made sequence-parallel by
 ``vidpar.parallelize`` one forward does, on every rank of an ``sp = ring x ulysses`` group of size ``P > 1``:
 
-- per self-attention call (``num_layers`` of them), in ``vidpar.parallel.attention.attention``:
-  - ``"control"``: the length/shape check, an all-gather of 7 int64 over ``sp``: ``56 * (P - 1)``;
+- per self-attention call (``num_layers`` of them), in ``vidpar.parallel.attention.attention`` (no ``"control"``
+  length exchange: the plan knows the full length and passes the shard lengths);
   - ``"ulysses"`` (``ulysses > 1``): q, k, v in one all-to-all (sequence -> heads), then the output back
     (heads -> sequence); the split to itself is not sent; heads and tokens split with ``split_sizes``;
   - ``"ring"`` (``ring > 1``): ``ring - 1`` sends of the K/V block held at that step (k and v concatenated),
     blocks having the lengths of each ulysses group's tokens;
-- once, the head's output gathered by ``ctx.gather_sequence`` (``GatherOutput`` in the Wan plan): a control
-  exchange of one int64 (``"control"``), then an all-gather over ``"sp"`` padded to the longest piece.
+- once, the head's output gathered by ``ctx.gather_sequence`` (``GatherOutput`` in the Wan plan, full length
+  known): an all-gather over ``"sp"`` padded to the longest piece.
 
 A guided denoising step adds, with ``cfg == 2``, one all-gather over ``"cfg"`` of the flow prediction (fp32; the
 pipeline's exchange, assumed as specified); with ``cfg == 1`` the two branches are two forwards.
@@ -65,7 +65,7 @@ def _forward_bytes_of_rank(
     heads = split_sizes(heads_all, u)
     mine = heads[uly]
 
-    out: dict[str, int] = {"control": layers * CONTROL_INTS * INT64 * (p - 1) + INT64 * (p - 1)}
+    out: dict[str, int] = {}
     if u > 1:
         to_heads = batch * lengths[sp_rank] * 3 * hd * (heads_all - mine)  # q, k, v: every head but mine
         to_seq = batch * mine * hd * (sum(group) - group[uly])  # my heads of every other rank's tokens

@@ -9,7 +9,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["vidpar", "vidpar.*"]),
     package_data={"vidpar": ["assets/**/*"]},
-    install_requires=["torch>=2.4", "einops", "safetensors", "numpy"],
+    # transformers: the UMT5 text encoder; av: mp4/PNG output; pillow: image-to-video inputs; tqdm: progress bar.
+    install_requires=["torch>=2.4", "einops", "safetensors", "numpy", "transformers", "av", "pillow", "tqdm"],
     extras_require={
         "test": [
             "pytest",
@@ -25,6 +26,7 @@ setup(
         "flash": ["flash-attn"],
         "xformers": ["xformers"],
         "deepspeed": ["deepspeed"],
+        "peers": ["deepspeed", "yunchang"],  # cross-checks and benchmarks against other implementations
     },
     entry_points={"console_scripts": ["vidpar=vidpar.cli:main"]},
 )

@@ -47,6 +47,7 @@ def test_plan_jobs_fills_in_degrees_and_outputs(tmp_path):
         (["--out", "v.avi"], 1, "use .mp4"),
         (["--checkpoint-dir", "/no/such/folder/ck"], 1, "does not exist"),
         (["--timeout", "0"], 1, "--timeout must be positive"),
+        (["--image", "/no/such/image.png"], 1, "no such file"),
     ],
 )
 def test_bad_input_is_a_usage_error_before_loading(tmp_path, argv, world, message):

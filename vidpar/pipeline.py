@@ -122,6 +122,7 @@ class Pipeline:
         timeout: timedelta | None = None,
         plan_for: tuple[int, int, int] = (480, 832, 81),
         fsdp: bool = False,
+        backend: str | None = None,
     ) -> "Pipeline":
         """Load a built-in model (``"tiny"``) or a Wan checkpoint folder and set up the mesh.
 
@@ -131,11 +132,12 @@ class Pipeline:
             dtype: weights/compute dtype; default bf16 on CUDA, fp32 on CPU.
             vae_mode: parallel VAE decode layout (``"auto"``, ``"patch"``, ``"pipeline"``, ``"combined"``).
             timeout: for every collective (a dead rank then fails the others instead of hanging them).
+            backend: process-group backend if vidpar creates the group (default nccl with CUDA, else gloo).
             fsdp: shard the DiT and text-encoder weights over every rank (FSDP2); identical results, ~1/P of the
                 weight memory per GPU. Without it the text encoder lives on rank 0 only and its output is broadcast.
         """
         source = check_source(path_or_name)  # every rank, before any collective or weight
-        ctx = init_parallel(_resolve_parallel(parallel, source, plan_for), timeout=timeout)
+        ctx = init_parallel(_resolve_parallel(parallel, source, plan_for), backend=backend, timeout=timeout)
         if dtype is None:
             dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
         holds_text_encoder = fsdp or ctx.rank == 0  # without FSDP rank 0 alone encodes and broadcasts

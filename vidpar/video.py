@@ -69,6 +69,7 @@ class Video:
                 np.save(tmp_name, self.frames)
             else:
                 _write_mp4(self.frames, tmp_name, fps)
+            os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a video is meant to be shared
             os.replace(tmp_name, path)
         finally:
             if os.path.exists(tmp_name):

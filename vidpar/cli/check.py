@@ -60,13 +60,12 @@ def run_check(args: argparse.Namespace) -> int:
     except (UsageError, ValueError) as e:
         return usage_error(rank, "vidpar check", e, args.verbose)
     try:
-        from vidpar.parallel import init_parallel
         from vidpar.parallelize import unparallelize
         from vidpar.pipeline import GenerationRequest, Pipeline, latent_shape
 
-        init_parallel(config, backend=args.backend, timeout=timeout)
         pipe = Pipeline.from_pretrained(source, parallel=config, dtype=DTYPES[args.dtype],
-                                        attention_backend=args.attention_backend)
+                                        attention_backend=args.attention_backend, backend=args.backend,
+                                        timeout=timeout)
         req = GenerationRequest("", height=args.height, width=args.width, num_frames=args.frames, num_steps=1)
         shape = latent_shape(configs or pipe.comps, req)
         x, t, text = _inputs(pipe, shape, args.seed)

@@ -42,6 +42,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--prompt", help="the text prompt")
     what.add_argument("--prompts", metavar="FILE", help="a file with one prompt per line (model loaded once)")
     parser.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    parser.add_argument("--image", default=None, metavar="FILE",
+                        help="first frame for image-to-video models (Wan 2.1 I2V, 2.2 I2V A14B, TI2V-5B)")
     parser.add_argument("--out", required=True,
                         help="output .mp4, .npy (raw uint8 frames) or a folder name (PNGs). With --prompts: "
                              "'{index}' in the name is replaced (e.g. out_{index:03d}.mp4), otherwise _000, _001, ... "
@@ -105,6 +107,8 @@ def plan_jobs(args: argparse.Namespace, world_size: int):
     for name in ("height", "width", "frames", "steps", "checkpoint_every", "fps"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.image is not None and not os.path.isfile(args.image):
+        raise UsageError(f"--image {args.image}: no such file")
     try:
         source = check_source(args.model)
     except ValueError as e:
@@ -201,15 +205,13 @@ def run_generate(args: argparse.Namespace) -> int:
     except UsageError as e:
         return usage_error(rank, "vidpar generate", e, args.verbose)
     try:
-        from vidpar.parallel import init_parallel
         from vidpar.pipeline import Pipeline
 
         t0 = time.perf_counter()
-        # The process group (with its timeout) first; from_pretrained then reuses it.
-        init_parallel(config, backend=args.backend, timeout=timeout_of(args))
         log.info("%s; mesh ulysses=%d ring=%d cfg=%d", launch.describe(), config.ulysses, config.ring, config.cfg)
         pipe = Pipeline.from_pretrained(source, parallel=config, dtype=DTYPES[args.dtype],
-                                        attention_backend=args.attention_backend, vae_mode=args.vae_mode)
+                                        attention_backend=args.attention_backend, vae_mode=args.vae_mode,
+                                        backend=args.backend, timeout=timeout_of(args))
         for hook in debug_hooks(rank):
             pipe.comps.transformer.register_forward_pre_hook(hook)
         log.info("loaded %s (%s) in %.1f s", args.model, pipe.dtype, time.perf_counter() - t0)
@@ -235,6 +237,14 @@ def run_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def read_image(path: str):
+    """An image file (PNG, JPEG, ...) as a PIL image; the pipeline resizes it to the video size."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 def run_job(pipe, job: Job, args: argparse.Namespace, stop: StopRequest, log: logging.Logger) -> None:
     t0 = time.perf_counter()
     log.info("prompt %d: %r -> %s", job.index, job.prompt, job.out)
@@ -243,7 +253,7 @@ def run_job(pipe, job: Job, args: argparse.Namespace, stop: StopRequest, log: lo
         num_steps=args.steps, guidance_scale=args.guidance_scale, guidance_scale_2=args.guidance_scale_2,
         seed=args.seed, scheduler=args.scheduler, flow_shift=args.flow_shift, output="rank0",
         checkpoint_dir=job.checkpoint_dir, checkpoint_every=args.checkpoint_every, stop=stop,
-        progress=not args.no_progress,
+        progress=not args.no_progress, image=read_image(args.image) if args.image else None,
     )
     if pipe.ctx.rank == 0:
         video.save(job.out, fps=args.fps)

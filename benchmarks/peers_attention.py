@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from vidpar.parallel import ParallelConfig, ParallelContext, attention, init_parallel
+from vidpar.parallel import ParallelConfig, ParallelContext, attention, init_parallel, split_sizes
 
 Method = tuple[str, Callable[[int], tuple[int, int]], Callable[..., torch.Tensor]]  # name, rows(S), run(q,k,v)
 WRONG_REL = 1e-4
@@ -53,8 +53,12 @@ def _vidpar_rows(ctx: ParallelContext) -> Callable[[int], tuple[int, int]]:
     return rows
 
 
-def vidpar_methods(world: int) -> list[Method]:
-    """vidpar Ulysses, ring and (world 4) USP 2x2; contexts are built here, collectively, in a fixed order."""
+def vidpar_methods(world: int, current: dict) -> list[Method]:
+    """vidpar Ulysses, ring and (world 4) USP 2x2; contexts are built here, collectively, in a fixed order.
+
+    Each also runs as "+lens": given the shard lengths (``current["S"]``, the shape being run), as inside a model
+    whose plan knows the full length, so no length exchange precedes the call (the peers assume equal chunks).
+    """
     configs = {"vidpar ulysses": ParallelConfig(ulysses=world), "vidpar ring": ParallelConfig(ring=world)}
     if world == 4:
         configs["vidpar usp 2x2"] = ParallelConfig(ulysses=2, ring=2)
@@ -62,6 +66,8 @@ def vidpar_methods(world: int) -> list[Method]:
     for name, cfg in configs.items():
         ctx = init_parallel(cfg)
         methods.append((name, _vidpar_rows(ctx), lambda q, k, v, ctx=ctx: attention(q, k, v, ctx)))
+        methods.append((name + " +lens", _vidpar_rows(ctx), lambda q, k, v, ctx=ctx: attention(
+            q, k, v, ctx, seq_lens=split_sizes(current["S"], ctx.sp_size))))
     return methods
 
 
@@ -173,7 +179,8 @@ def main() -> None:
     # Results travel on their own group, with a longer deadline than the peers' collectives: a rank stuck in a
     # peer's collective times out there first, and then reports FAIL instead of breaking the report.
     report_group = dist.new_group(timeout=timedelta(seconds=3 * args.timeout + 30))
-    methods = vidpar_methods(world) + yunchang_methods(rank, world) + deepspeed_methods(rank, world)
+    current: dict = {}  # the shape being run, for the "+lens" methods
+    methods = vidpar_methods(world, current) + yunchang_methods(rank, world) + deepspeed_methods(rank, world)
     if args.only:  # every method is still built (its groups are collective), only the chosen ones run
         methods = [m for m in methods if any(word in m[0] for word in args.only)]
     threads = torch.get_num_threads()
@@ -183,6 +190,7 @@ def main() -> None:
     else:
         shapes, repeats = [tuple(int(x) for x in s.split("x")) for s in args.check], 0
     for s, h in shapes:
+        current["S"] = s
         qkv = full_qkv(s, h, args.head_dim)
         if rank == 0:
             what = f"median of {repeats}" if repeats else "correctness only"

@@ -71,16 +71,20 @@ def _sbatch(template: str, options: list[str], args: list[str], cwd: Path, timeo
     if on_start is not None:
         on_start(job)
     deadline = time.monotonic() + timeout
-    state, code, expedited = "PENDING", "", False
+    state, code, expedited, requeued_at = "PENDING", "", False, None
     while time.monotonic() < deadline:
         info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
                               timeout=20).stdout
         fields = dict(f.split("=", 1) for f in info.split() if "=" in f)
         state, code = fields.get("JobState", "UNKNOWN"), fields.get("ExitCode", "")
         if state == "PENDING" and fields.get("Restarts", "0") != "0" and not expedited:
-            # Slurm holds a requeued job ~2 minutes before it may start again; the test need not wait for that
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=20, check=True)
-            expedited = True
+            # Slurm holds a requeued job ~2 minutes before it may start again; the test need not wait that long,
+            # but a relaunch in the same second as the kill gets a credential slurmd still counts as revoked
+            # ("Job credential revoked"): wait a few seconds first.
+            requeued_at = requeued_at or time.monotonic()
+            if time.monotonic() - requeued_at >= 3.0:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=20, check=True)
+                expedited = True
         if state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "SUSPENDED"):
             break
         time.sleep(0.5)

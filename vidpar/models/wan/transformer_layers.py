@@ -95,11 +95,11 @@ class WanTimeEmbedding(nn.Module):
         return e, e0
 
 
-class WanSelfAttention(nn.Module):
-    """Self-attention with QK RMS-norm across heads and 3-D RoPE. ``[B, S, dim]`` -> ``[B, S, dim]``."""
+class _WanAttention(nn.Module):
+    """The projections shared by Wan's self- and cross-attention (official names ``q k v o norm_q norm_k``) and the
+    attention op they call."""
 
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
-                 attention_backend: str = "auto") -> None:
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, attention_backend: str) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
@@ -108,8 +108,18 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
-        # The sharding plan swaps this submodule for a sequence-parallel attention.
         self.attn_op = LocalAttention(attention_backend)
+
+
+class WanSelfAttention(_WanAttention):
+    """Self-attention with QK RMS-norm across heads and 3-D RoPE. ``[B, S, dim]`` -> ``[B, S, dim]``.
+
+    The sharding plan swaps ``attn_op`` for a sequence-parallel attention.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
+                 attention_backend: str = "auto") -> None:
+        super().__init__(dim, num_heads, qk_norm, eps, attention_backend)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x ``[B, S, dim]``, rope ``(cos, sin)`` each ``[1, S, 1, head_dim // 2]`` -> ``[B, S, dim]``."""
@@ -120,29 +130,21 @@ class WanSelfAttention(nn.Module):
         return self.o(self.attn_op(q, k, v).flatten(2))
 
 
-class WanCrossAttention(nn.Module):
+class WanCrossAttention(_WanAttention):
     """Cross-attention to text, plus (Wan 2.1 I2V) a second attention to image tokens whose output is added.
 
-    Each query token attends to all text/image tokens independently, so it is per-token in the video sequence.
+    Each query token attends to all text/image tokens independently, so it is per-token in the video sequence, and
+    its ``attn_op`` stays local (text/image keys are never split across ranks).
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
                  has_image: bool = False, attention_backend: str = "auto") -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
+        super().__init__(dim, num_heads, qk_norm, eps, attention_backend)
         self.has_image = has_image
         if has_image:
             self.k_img = nn.Linear(dim, dim)
             self.v_img = nn.Linear(dim, dim)
             self.norm_k_img = WanRMSNorm(dim, eps) if qk_norm else nn.Identity()
-        # Text/image keys are never split across ranks, so this one stays local.
-        self.attn_op = LocalAttention(attention_backend)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_img: torch.Tensor | None = None) -> torch.Tensor:
         """x ``[B, S, dim]``, context ``[B, L, dim]``, context_img ``[B, N, dim]`` or None -> ``[B, S, dim]``."""

@@ -136,3 +136,26 @@ def test_plan_refuses_double_application():
     with pytest.raises(RuntimeError, match="already parallelized"):
         vidpar.parallelize(model, ctx)
     vidpar.unparallelize(model)
+
+
+def twelve_heads_task(env, degrees):
+    """Wan-1.3B's head count (12) on 8 ranks: 12 heads over 8 ulysses ranks is 2,2,2,2,1,1,1,1."""
+    ctx = env.context(ParallelConfig(*degrees))
+    cfg = WanTransformerConfig(num_heads=12, dim=48, num_layers=1, ffn_dim=32, text_dim=16, freq_dim=32)
+    torch.manual_seed(0)
+    model = WanTransformer3D(cfg).eval()
+    g = torch.Generator().manual_seed(5)
+    latents = torch.randn(1, 16, 3, 6, 10, generator=g)  # 45 tokens over 8 ranks
+    text = torch.randn(1, 4, 16, generator=g)
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        ref = model(latents, t, text)
+        vidpar.parallelize(model, ctx)
+        out = model(latents, t, text)
+    vidpar.unparallelize(model)
+    return rel_err(out, ref)
+
+
+@pytest.mark.parametrize("degrees", [(8, 1, 1), (4, 2, 1), (2, 2, 2)])
+def test_twelve_heads_on_eight_ranks(pools, degrees):
+    assert max(pools(8).run(twelve_heads_task, degrees, timeout=180)) <= TOL

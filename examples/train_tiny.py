@@ -108,6 +108,24 @@ def shape_weight(video: torch.Tensor) -> torch.Tensor:
     return 1.0 + 4.0 * ((sat > 0.45) | (bright > 0.3)).float()
 
 
+def guide_code(video: torch.Tensor) -> torch.Tensor:
+    """A fixed, information-rich target for the latents: ``[N, 8, 1 + (F-1)/4, H/8, W/8]``.
+
+    Per latent frame and 8x8 block: the mean RGB of the chunk's first and last frames and the mean luma of its two
+    middle frames (for latent frame 0, frame 0 everywhere). Pulling the encoder towards it at the start keeps the
+    tiny VAE out of the collapse it otherwise falls into within ~20 steps (per-pixel RMS norms erase brightness, so
+    an unguided encoder emits the same latent for every clip and the decoder learns the mean video).
+    """
+    pooled = F.avg_pool3d(video, (1, 8, 8))  # [N, 3, F, h, w]
+    luma = pooled.mean(1, keepdim=True)
+    chunks = [torch.cat([pooled[:, :, :1], pooled[:, :, :1], luma[:, :, :1], luma[:, :, :1]], 1)]
+    for t in range(1, (video.shape[2] - 1) // 4 + 1):
+        a, b = 4 * t - 3, 4 * t
+        chunks.append(torch.cat([pooled[:, :, a : a + 1], pooled[:, :, b : b + 1], luma[:, :, a + 1 : a + 2],
+                                 luma[:, :, a + 2 : a + 3]], 1))
+    return 2.0 * torch.cat(chunks, 2)
+
+
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -137,7 +155,8 @@ def train_vae(args, work: Path) -> WanVAE:
         y = vae.decode(z + (0.05 if step >= args.vae_steps // 2 else 0.0) * torch.randn_like(z))
         w = shape_weight(x)
         rec = (w * ((y - x).abs() + (y - x).pow(2))).mean()
-        loss = rec + 1e-4 * z.pow(2).mean()
+        guide = max(0.0, 1.0 - step / (0.6 * args.vae_steps))  # fades out: the encoder may then go beyond it
+        loss = rec + guide * (z - guide_code(x)).pow(2).mean() + 1e-4 * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -146,9 +165,44 @@ def train_vae(args, work: Path) -> WanVAE:
             if step % 300 == 0:
                 torch.save(vae.state_dict(), work / "vae.pt")
             print(f"vae {step:5d} rec {rec.item():.4f} |z| {z.pow(2).mean().sqrt().item():.3f} "
+                  f"batch-std(out) {y.std(0).mean().item():.4f} (in {x.std(0).mean().item():.4f}) "
                   f"{time.time() - t0:.0f}s", flush=True)
     torch.save(vae.state_dict(), work / "vae.pt")
     print(f"vae done in {time.time() - t0:.0f}s", flush=True)
+    return vae.eval()
+
+
+def finetune_decoder(args, vae: WanVAE, std: list[float], work: Path) -> WanVAE:
+    """Decoder (+ post_quant_conv) only, on whole 64x64 9-frame clips; the encoder is frozen, so the latent space
+    the DiT learns is unchanged and this stage can run beside the DiT's. Latent noise (10% of each channel's std)
+    makes the decoder forgiving of the DiT's small errors."""
+    torch.manual_seed(args.seed + 4)
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for q in params:
+        q.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.dec_lr, weight_decay=0.0)
+    rng = np.random.default_rng(args.seed + 4)
+    sigma = 0.1 * torch.tensor(std).view(1, -1, 1, 1, 1)
+    t0 = time.time()
+    for step in range(args.dec_steps):
+        x = to_video(np.stack([sample_clip(rng, frames=9)[0] for _ in range(args.vae_batch // 2)]))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.dec_steps, args.dec_lr, 20)
+        with torch.no_grad():
+            z = vae.encode(x)
+        y = vae.decode(z + sigma * torch.randn_like(z))
+        rec = (shape_weight(x) * ((y - x).abs() + (y - x).pow(2))).mean()
+        opt.zero_grad(set_to_none=True)
+        rec.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 25 == 0 or step == args.dec_steps - 1:
+            print(f"decoder {step:5d} rec {rec.item():.4f} {time.time() - t0:.0f}s", flush=True)
+            if step % 100 == 0:
+                torch.save(vae.state_dict(), work / "vae_ft.pt")
+    torch.save(vae.state_dict(), work / "vae_ft.pt")
+    print(f"decoder fine-tune done in {time.time() - t0:.0f}s", flush=True)
     return vae.eval()
 
 
@@ -270,8 +324,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("vidpar/assets/tiny-shapes"))
     p.add_argument("--work", type=Path, default=Path("/tmp/tiny-shapes-work"), help="intermediate checkpoints")
-    p.add_argument("--stage", choices=("all", "vae", "dit", "export"), default="all",
-                   help="vae: VAE + latents; dit: DiT from saved latents; export: from saved weights")
+    p.add_argument("--stage", choices=("all", "vae", "dit", "decoder", "export"), default="all",
+                   help="vae: VAE + latents; dit: DiT from saved latents; decoder: decoder fine-tune from the saved "
+                        "VAE (independent of dit: the two may run side by side); export: from saved weights")
     p.add_argument("--seed", type=int, default=0)
     # One thread: on a shared 2-core machine, 2 OpenMP threads per process spin-wait on each other when the
     # scheduler is busy (measured here: 4x slower than 1 thread under load).
@@ -279,9 +334,11 @@ def main() -> None:
     p.add_argument("--vae-steps", type=int, default=1800)
     p.add_argument("--vae-full-steps", type=int, default=150, help="last VAE steps on whole 64x64 frames")
     p.add_argument("--vae-batch", type=int, default=8)
-    p.add_argument("--vae-lr", type=float, default=3e-3)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--dec-steps", type=int, default=600, help="decoder fine-tune steps (whole frames, batch 4)")
+    p.add_argument("--dec-lr", type=float, default=5e-4)
     p.add_argument("--clips", type=int, default=4000)
-    p.add_argument("--dit-steps", type=int, default=2800)
+    p.add_argument("--dit-steps", type=int, default=3000)
     p.add_argument("--dit-batch", type=int, default=32)
     p.add_argument("--dit-lr", type=float, default=8e-4)
     p.add_argument("--flow-shift", type=float, default=2.0, help="sampling shift written to the scheduler config")
@@ -298,11 +355,20 @@ def main() -> None:
         vae = WanVAE(vae_config())
         vae.load_state_dict(torch.load(args.work / "vae.pt"))
         data = torch.load(args.work / "latents.pt")
-    if args.stage == "export":
+    if args.stage == "decoder":
+        finetune_decoder(args, vae, data["std"], args.work)
+        return
+    if args.stage in ("all", "dit"):
+        dit = train_dit(args, data, args.work)
+        if args.stage == "dit":
+            return
+    else:
         dit = WanTransformer3D(dit_config())
         dit.load_state_dict(torch.load(args.work / "dit_ema.pt"))
+    if args.stage == "all":
+        vae = finetune_decoder(args, vae, data["std"], args.work)
     else:
-        dit = train_dit(args, data, args.work)
+        vae.load_state_dict(torch.load(args.work / "vae_ft.pt"))
     export(args.out, vae, data["mean"], data["std"], dit, te, args.flow_shift)
 
 

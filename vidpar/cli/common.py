@@ -140,8 +140,12 @@ def usage_error(rank: int, prog: str, error: Exception, verbose: bool) -> int:
     return EXIT_USAGE
 
 
-def finish_distributed(barrier: bool = False) -> None:
-    """Tear the default process group down after a clean run (not after a failure: peers may be gone)."""
+def finish_distributed(barrier: bool = True) -> None:
+    """Tear the default process group down after a clean run (not after a failure: peers may be gone).
+
+    The barrier first: a rank that tears its gloo connections down while a peer is still finishing its last
+    collective can make that peer's transport thread abort ("terminate called without an active exception").
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

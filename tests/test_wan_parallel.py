@@ -107,14 +107,23 @@ def test_denoise_loop_same_latents_on_any_mesh(pools):
             assert rel_err(latents, ref) <= TOL, (degrees, rank)
 
 
-def many_heads_task(env):
-    """Wan-1.3B's head count (12) on more ulysses ranks than divide it."""
-    ctx = env.context(ParallelConfig(ulysses=4))
+def test_plan_refuses_double_application():
+    model = build_model("t2v_3heads")
+    ctx = vidpar.init_parallel(ParallelConfig())
+    vidpar.parallelize(model, ctx)
+    with pytest.raises(RuntimeError, match="already parallelized"):
+        vidpar.parallelize(model, ctx)
+    vidpar.unparallelize(model)
+
+
+def twelve_heads_task(env, degrees, latent_shape):
+    """Wan-1.3B's head count (12) on more ulysses ranks than divide it (12 on 8 ranks is 2,2,2,2,1,1,1,1)."""
+    ctx = env.context(ParallelConfig(*degrees))
     cfg = WanTransformerConfig(num_heads=12, dim=48, num_layers=1, ffn_dim=32, text_dim=16, freq_dim=32)
     torch.manual_seed(0)
     model = WanTransformer3D(cfg).eval()
-    g = torch.Generator().manual_seed(3)
-    latents = torch.randn(1, 16, 1, 2, 6, generator=g)  # 3 tokens on 4 ranks: one rank holds none
+    g = torch.Generator().manual_seed(5)
+    latents = torch.randn(1, 16, *latent_shape, generator=g)
     text = torch.randn(1, 4, 16, generator=g)
     t = torch.tensor([500.0])
     with torch.no_grad():
@@ -126,36 +135,11 @@ def many_heads_task(env):
 
 
 def test_fewer_tokens_than_ranks(pools):
-    assert max(pools(4).run(many_heads_task)) <= TOL
-
-
-def test_plan_refuses_double_application():
-    model = build_model("t2v_3heads")
-    ctx = vidpar.init_parallel(ParallelConfig())
-    vidpar.parallelize(model, ctx)
-    with pytest.raises(RuntimeError, match="already parallelized"):
-        vidpar.parallelize(model, ctx)
-    vidpar.unparallelize(model)
-
-
-def twelve_heads_task(env, degrees):
-    """Wan-1.3B's head count (12) on 8 ranks: 12 heads over 8 ulysses ranks is 2,2,2,2,1,1,1,1."""
-    ctx = env.context(ParallelConfig(*degrees))
-    cfg = WanTransformerConfig(num_heads=12, dim=48, num_layers=1, ffn_dim=32, text_dim=16, freq_dim=32)
-    torch.manual_seed(0)
-    model = WanTransformer3D(cfg).eval()
-    g = torch.Generator().manual_seed(5)
-    latents = torch.randn(1, 16, 3, 6, 10, generator=g)  # 45 tokens over 8 ranks
-    text = torch.randn(1, 4, 16, generator=g)
-    t = torch.tensor([500.0])
-    with torch.no_grad():
-        ref = model(latents, t, text)
-        vidpar.parallelize(model, ctx)
-        out = model(latents, t, text)
-    vidpar.unparallelize(model)
-    return rel_err(out, ref)
+    # 3 tokens on 4 ranks: one rank holds none
+    assert max(pools(4).run(twelve_heads_task, (4, 1, 1), (1, 2, 6))) <= TOL
 
 
 @pytest.mark.parametrize("degrees", [(8, 1, 1), (4, 2, 1), (2, 2, 2)])
 def test_twelve_heads_on_eight_ranks(pools, degrees):
-    assert max(pools(8).run(twelve_heads_task, degrees, timeout=180)) <= TOL
+    # 45 tokens over 8 ranks
+    assert max(pools(8).run(twelve_heads_task, degrees, (3, 6, 10), timeout=180)) <= TOL

@@ -150,7 +150,7 @@ def test_tensor_image_gives_the_clip_states_of_the_same_uint8_image():
 
     encoder = WanImageEncoder(*_clip(5))
     u8 = np.asarray(make_image((48, 32)))
-    as_tensor = torch.from_numpy(u8).permute(2, 0, 1).float() / 255  # [3, H, W] in [0, 1]
+    as_tensor = torch.from_numpy(u8.copy()).permute(2, 0, 1).float() / 255  # [3, H, W] in [0, 1]
     states = encoder.encode(u8)
     assert states.shape == (1, 17, CLIP_DIM)
     assert torch.equal(encoder.encode(as_tensor), states)

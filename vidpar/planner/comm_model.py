@@ -27,7 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from vidpar.models.wan.transformer_config import WanTransformerConfig
-from vidpar.models.wan.vae_config import WanVAEConfig
+from vidpar.models.wan.vae_config import DecoderLevel, WanVAEConfig
 from vidpar.parallel.config import ParallelConfig
 from vidpar.parallel.split import split_sizes
 from vidpar.parallel.vae_pipeline import balance_stages
@@ -156,30 +156,6 @@ SHAPE_INTS = 5  # the decode loop's shape check: all-gather of [B, z_dim, T, h, 
 META_INTS = 8  # ``collect_bands``' band-shape broadcast and ``stream_chunks``' per-chunk header (int64 each)
 
 
-@dataclass(frozen=True)
-class _UpBlock:
-    """One decoder up block: channels in/out, upsample mode (None for the last block)."""
-
-    in_dim: int
-    out_dim: int
-    mode: str | None
-
-
-def _decoder_layout(cfg: WanVAEConfig) -> tuple[list[int], list[_UpBlock]]:
-    """``(dims, up_blocks)`` exactly as ``WanDecoder3d.__init__`` builds them."""
-    dim, mult = cfg.decoder_dim, cfg.dim_mult
-    dims = [dim * u for u in (mult[-1], *mult[::-1])]
-    temporal_up = tuple(cfg.temperal_downsample[::-1])
-    last = len(mult) - 1
-    blocks = []
-    for i, (a, o) in enumerate(zip(dims[:-1], dims[1:])):
-        if i > 0 and not cfg.is_residual:
-            a //= 2  # Wan 2.1 upsamplers halve the channels
-        mode = None if i == last else ("upsample3d" if temporal_up[i] else "upsample2d")
-        blocks.append(_UpBlock(a, o, mode))
-    return dims, blocks
-
-
 def vae_num_stages(cfg: WanVAEConfig) -> int:
     """Decoder stages: conv_in, mid block, each up block, head (``WanDecoder3d.num_stages``)."""
     return len(cfg.dim_mult) + 3
@@ -189,7 +165,7 @@ def vae_stage_costs(cfg: WanVAEConfig, h: int, w: int) -> list[float]:
     """``vae_plan.stage_costs`` from the config alone (same float operations in the same order, so the same
     ``balance_stages`` ranges): conv weight elements x pixels per stage, plus the mid attention's ``2 S^2 C``.
     """
-    dims, blocks = _decoder_layout(cfg)
+    dims, blocks = cfg.decoder_dims(), cfg.decoder_levels()
     k3 = 27  # 3x3x3 kernels
     res_k3 = k3  # resnet conv1/conv2
     pixels = float(h * w)
@@ -250,14 +226,14 @@ class _Chunk:
 
 
 def _walk_stage(
-    cfg: WanVAEConfig, dims: list[int], blocks: list[_UpBlock], stage: int, x: _Chunk, first: bool
+    cfg: WanVAEConfig, dims: list[int], blocks: list[DecoderLevel], stage: int, x: _Chunk, first: bool
 ) -> tuple[int, int]:
     """Advance ``x`` through decoder stage ``stage``; returns ``(halo, attn_seqs)``.
 
     ``halo``: elements per batch item one halo row of every banded conv of the stage holds, summed over convs
     (each ``CausalConv3d`` 3x3x3 sends its time-extended input, ``T + 2`` frames; each upsample's 3x3
     ``SpatialConv2d`` sends its ``T`` upsampled frames). ``attn_seqs``: frames attended by the mid block (0 elsewhere).
-    ``dims, blocks``: ``_decoder_layout(cfg)``.
+    ``dims, blocks``: ``cfg.decoder_dims()``, ``cfg.decoder_levels()``.
     """
     n = len(blocks) + 3
     if stage == 0:
@@ -299,7 +275,7 @@ def _vae_bytes_of_rank(
     active = min(patch, h)
     pipe_index, band = divmod(rank, patch)
     stages = vae_num_stages(cfg)
-    dims, blocks = _decoder_layout(cfg)
+    dims, blocks = cfg.decoder_dims(), cfg.decoder_levels()
     ranges = balance_stages(vae_stage_costs(cfg, h, w), pipe)
     band_rows = split_sizes(h, active)
     lengths = [r * w for r in band_rows]  # mid-block attention tokens per band rank

@@ -127,19 +127,12 @@ class WanDecoder3d(nn.Module):
 
     def __init__(self, cfg: WanVAEConfig) -> None:
         super().__init__()
-        dim = cfg.decoder_dim
-        mult = cfg.dim_mult
-        dims = [dim * u for u in (mult[-1], *mult[::-1])]
-        temporal_up = tuple(cfg.temperal_downsample[::-1])
-        last = len(mult) - 1
+        dims = cfg.decoder_dims()
         self.conv_in = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
         self.mid_block = MidBlock(dims[0])
-        self.up_blocks = nn.ModuleList()
-        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
-            if i > 0 and not cfg.is_residual:
-                in_dim //= 2  # Wan 2.1 upsamplers halve the channels
-            mode = None if i == last else ("upsample3d" if temporal_up[i] else "upsample2d")
-            self.up_blocks.append(UpBlock(in_dim, out_dim, cfg.num_res_blocks, mode, cfg.is_residual))
+        self.up_blocks = nn.ModuleList(
+            UpBlock(lv.in_dim, lv.out_dim, cfg.num_res_blocks, lv.mode, cfg.is_residual) for lv in cfg.decoder_levels()
+        )
         self.norm_out = RMSNorm(dims[-1], images=False)
         self.conv_out = CausalConv3d(dims[-1], cfg.out_channels, 3, padding=1)
 

@@ -38,6 +38,16 @@ _IGNORED_KEYS = {"clip_output", "dropout"}
 
 
 @dataclass(frozen=True)
+class DecoderLevel:
+    """One decoder up block as ``WanDecoder3d`` builds it: channels in and out, and its upsampler
+    (``"upsample3d"``, ``"upsample2d"``, or None for the last block)."""
+
+    in_dim: int
+    out_dim: int
+    mode: str | None
+
+
+@dataclass(frozen=True)
 class WanVAEConfig:
     """Architecture of a Wan VAE; field names and defaults follow diffusers' ``AutoencoderKLWan`` (= Wan 2.1)."""
 
@@ -78,6 +88,22 @@ class WanVAEConfig:
     @property
     def decoder_dim(self) -> int:
         return self.base_dim if self.decoder_base_dim is None else self.decoder_base_dim
+
+    def decoder_dims(self) -> list[int]:
+        """Channel widths of the decoder: the mid block's, then each up block's output."""
+        mult = self.dim_mult
+        return [self.decoder_dim * u for u in (mult[-1], *mult[::-1])]
+
+    def decoder_levels(self) -> list[DecoderLevel]:
+        """The decoder's up blocks, in order (sizes only; for memory and communication models)."""
+        dims, temporal_up, last = self.decoder_dims(), self.temperal_downsample[::-1], len(self.dim_mult) - 1
+        levels = []
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            if i > 0 and not self.is_residual:
+                cin //= 2  # Wan 2.1 upsamplers halve the channels
+            mode = None if i == last else ("upsample3d" if temporal_up[i] else "upsample2d")
+            levels.append(DecoderLevel(cin, cout, mode))
+        return levels
 
     @property
     def patch(self) -> int:

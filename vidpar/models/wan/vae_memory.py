@@ -28,22 +28,6 @@ import math
 from .vae_config import WanVAEConfig
 
 
-def _decoder_levels(cfg: WanVAEConfig) -> list[dict]:
-    """Per up block: input channels, output channels, #resnets, upsample kind, in Wan's decoder order."""
-    dim, mult = cfg.decoder_dim, cfg.dim_mult
-    dims = [dim * u for u in (mult[-1], *mult[::-1])]
-    temporal_up = tuple(cfg.temperal_downsample[::-1])
-    last = len(mult) - 1
-    levels = []
-    for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
-        if i > 0 and not cfg.is_residual:
-            cin //= 2
-        mode = None if i == last else ("upsample3d" if temporal_up[i] else "upsample2d")
-        up_out = cout if cfg.is_residual else cout // 2
-        levels.append(dict(cin=cin, cout=cout, res=cfg.num_res_blocks + 1, mode=mode, up_out=up_out))
-    return levels
-
-
 def vae_decode_peak_bytes(
     config: WanVAEConfig,
     latent_shape: tuple[int, int, int, int, int],
@@ -68,7 +52,7 @@ def vae_decode_peak_bytes(
     pipe, patch = parallel_layout
     rows = math.ceil(h / min(patch, h))  # the tallest band
     by = dtype_bytes
-    levels = _decoder_levels(config)
+    levels = config.decoder_levels()
 
     weights = _param_count(config) * by
     latent = 2 * b * z * frames * h * w * by  # input + post_quant_conv output (full on every rank)
@@ -76,7 +60,7 @@ def vae_decode_peak_bytes(
     # Stage-by-stage (conv_in, mid, up blocks, head): working peak and cache bytes per rank.
     px = rows * w  # pixels of the band at the current resolution
     t = 1  # frames per steady-state chunk at the current point
-    c0 = levels[0]["cin"]
+    c0 = levels[0].in_dim
     caches, work = [], []
     caches.append(z * 2 * px * by * b)
     work.append((3 + 2 * 3) * c0 * t * px * by * b)
@@ -86,15 +70,15 @@ def vae_decode_peak_bytes(
     for lv in levels:
         cache = 0
         cw = 0
-        c = lv["cin"]
-        for _ in range(lv["res"]):
-            cache += (c + lv["cout"]) * 2 * px * by * b
-            a = max(c, lv["cout"]) * t * px * by * b
+        c = lv.in_dim
+        for _ in range(config.num_res_blocks + 1):
+            cache += (c + lv.out_dim) * 2 * px * by * b
+            a = max(c, lv.out_dim) * t * px * by * b
             cols = 27 * c * t * px * by * b if im2col else 0
             cw = max(cw, (3 + 2 * (t + 2) / t) * a + cols)
-            c = lv["cout"]
-        if lv["mode"] is not None:
-            if lv["mode"] == "upsample3d":
+            c = lv.out_dim
+        if lv.mode is not None:
+            if lv.mode == "upsample3d":
                 cache += c * 2 * px * by * b  # time_conv
                 t *= 2
             a_in = c * t * px * by * b
@@ -103,7 +87,7 @@ def vae_decode_peak_bytes(
             px *= 4
         caches.append(cache)
         work.append(cw)
-    c_last = levels[-1]["cout"]
+    c_last = levels[-1].out_dim
     caches.append(c_last * 2 * px * by * b)
     work.append((3 + 2 * (t + 2) / t) * c_last * t * px * by * b + (27 * c_last * t * px * by * b if im2col else 0))
 

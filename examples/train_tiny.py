@@ -2,37 +2,38 @@
 
     python examples/train_tiny.py --out vidpar/assets/tiny-shapes --work /tmp/tiny-shapes-work
 
-Recipe (seeded: ``--seed 0`` drives every stage; one thread per process):
+Recipe (seeded: ``--seed`` drives every stage; one thread per process). The idea: the latent space is fixed by
+construction, so the three trained parts do not depend on each other and run side by side (``--stage dit``,
+``--stage decoder`` and ``--stage encoder`` in three processes, or in sequence with ``--stage all``).
 
-1. Text encoder: a random tiny UMT5 (2 layers, d_model 64, seeded, frozen, never trained) behind a word-level
+1. Latent space: ``guide_code(x)``, the 8x8-pooled RGB of each pixel frame a latent frame covers (Wan's causal
+   4x temporal / 8x spatial layout: latent frame 0 is pixel frame 0, latent frame t covers frames 4t-3..4t), so
+   ``z_dim = 4 x 3 = 12``. Colour and position survive by construction. (A learned latent space lost green and
+   drifted on other colours in an earlier recipe: a tiny Wan VAE with per-pixel RMS norms collapses to the mean
+   video unless it is pulled towards such a code, and once released it drops colours.)
+2. Text encoder: a random, frozen tiny UMT5 (2 layers, d_model 64, seeded, never trained) behind a word-level
    tokenizer over the grammar's 20 words (``vidpar.data.shapes.vocabulary``). The DiT learns to read its states.
-2. VAE (Wan 2.1 architecture, ``WanVAEConfig(base_dim=8, z_dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1)``,
-   8x spatial / 4x temporal), trained as an autoencoder on freshly drawn 9-frame clips (batch 8):
-   a. ``--vae-steps`` 1800 AdamW steps (lr 1e-3), 32x32 crops, then whole 64x64 frames for the last 150.
-      Loss: pixel L1 + MSE, shape pixels weighted 5x, + a *guide* term ``|z - guide_code(x)|^2`` (8x8-pooled
-      colours of the chunk's frames) fading from 1 to 0 by 60% of the steps. Without the guide this tiny VAE
-      collapses within ~20 steps to decoding the mean video (its per-pixel RMS norms erase brightness, so the
-      untrained encoder emits one latent for every clip). Latent noise (0.05) in the second half.
-   b. ``--refine-steps`` 400 steps on whole frames (batch 4, lr 5e-4) with the guide at full weight: after (a)
-      the latents had lost green and blue, so a green shape decoded to nothing.
-3. Latents: ``--clips`` 4000 9-frame 64x64 clips (seed 1) encoded once; their per-channel mean/std go into the
-   VAE config (``latents_mean`` / ``latents_std``) as for the real Wan VAE; the DiT trains on normalised latents.
-4. DiT (Wan architecture: dim 128, 4 heads, 4 layers, FFN 384, patch (1, 2, 2), text_len 16; 48 tokens per clip):
-   ``--dit-steps`` 5000, flow matching ``x_s = (1 - s) x0 + s noise``, target ``noise - x0``, timestep ``1000 s``,
-   ``s`` = logit-normal(0, 1) shifted by 2; caption replaced by "" (the pipeline's default negative prompt) 10%
-   of the time for classifier-free guidance; AdamW lr 8e-4 (warm-up 200, cosine), batch 32, EMA 0.998 (shipped).
-5. Decoder fine-tune (encoder frozen, so the DiT's latent space is untouched; it runs beside step 4 with
-   ``--stage decoder``): ``--dec-steps`` 1000 on whole frames with latent noise of 10% of each channel's std.
+3. DiT (Wan architecture: dim 128, 4 heads, 4 layers, FFN 384, patch (1, 2, 2), text_len 16; 48 tokens per clip)
+   on the normalised codes of ``--clips`` 9-frame 64x64 clips (their per-channel mean/std become the VAE config's
+   ``latents_mean`` / ``latents_std``, as for the real Wan VAE): flow matching ``x_s = (1 - s) x0 + s noise``,
+   target ``noise - x0``, timestep ``1000 s``, ``s`` = logit-normal(0, 1) shifted by 2; caption replaced by ""
+   (the pipeline's default negative prompt) 10% of the time for classifier-free guidance; AdamW (warm-up 200,
+   cosine), batch 32, EMA 0.998 (the EMA weights ship).
+4. VAE decoder (Wan 2.1 architecture, ``base_dim 8, dim_mult (1, 2, 2, 2), 1 res block``) trained from scratch to
+   turn codes back into frames: ``--dec-steps`` 4000 AdamW steps (lr 2e-3, cosine), each on 4 fresh whole 64x64
+   9-frame clips of 1-4 shapes (``vidpar.data.shapes.sample_scene``: colour is what this tiny decoder learns
+   slowest, so every batch carries several), code + Gaussian noise of up to 20% of each channel's std (the DiT's
+   samples are not exact codes); loss pixel L1 + MSE with shape pixels weighted 10x.
+5. VAE encoder (same config) trained to output ``guide_code(x)`` (MSE; ``--enc-steps`` 3000, lr 2e-3, the same
+   kind of batches as the decoder), so ``vae.encode`` maps a video into the
+   DiT's latent space like a real VAE's encoder does (text-to-video generation never calls it).
 6. Export: ``model_index.json``, ``transformer/`` (official Wan config keys, which keep ``text_len``, +
-   safetensors), ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/scheduler_config.json`` (``flow_shift``).
+   safetensors), ``vae/`` (encoder and decoder from steps 5 and 4), ``text_encoder/``, ``tokenizer/``,
+   ``scheduler/scheduler_config.json`` (``flow_shift``).
 
-How the shipped weights were made (shared 2-core machine, other jobs running): ``--stage vae`` with step 2b
-added afterwards as ``--stage refine`` (same functions, same seeds), then ``--stage dit`` and ``--stage decoder``
-side by side, then ``--stage export``. ``--stage all`` runs the same functions in sequence. Wall times measured
-are in ``vidpar/assets/tiny-shapes/README.md``.
-
-Held out from training: the (colour, shape, direction) triples in ``vidpar.data.shapes.HELD_OUT``; the
-prompt-adherence test ``tests/test_tiny_shapes.py`` generates exactly those prompts.
+Every part is trained on training triples only: the (colour, shape, direction) triples in
+``vidpar.data.shapes.HELD_OUT`` are never drawn, and the prompt-adherence test ``tests/test_tiny_shapes.py``
+generates exactly those prompts. Measured wall times are in ``vidpar/assets/tiny-shapes/README.md``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidpar.data.shapes import sample_clip, sample_dataset, vocabulary
+from vidpar.data.shapes import sample_clip, sample_scene, vocabulary
 from vidpar.models.wan.text_encoder import WanTextEncoder
 from vidpar.models.wan.transformer import WanTransformer3D
 from vidpar.models.wan.transformer_config import WanTransformerConfig
@@ -57,7 +58,10 @@ from vidpar.models.wan.vae_config import WanVAEConfig
 
 TEXT_LEN = 16
 TEXT_DIM = 64
-Z_DIM = 8
+FRAMES = 9
+TEMPORAL = 4  # pixel frames per latent frame (after the first)
+SPATIAL = 8  # pixels per latent pixel
+Z_DIM = TEMPORAL * 3  # RGB of each pixel frame a latent frame covers
 
 
 def word_tokenizer():
@@ -111,28 +115,23 @@ def to_video(clips: np.ndarray) -> torch.Tensor:
 
 
 def shape_weight(video: torch.Tensor) -> torch.Tensor:
-    """``[N, 1, F, H, W]``: 5 on shape pixels (saturated or bright), 1 on the dark, grey background."""
+    """``[N, 1, F, H, W]``: 10 on shape pixels (saturated or bright), 1 on the dark, grey background."""
     sat = video.amax(1, keepdim=True) - video.amin(1, keepdim=True)
     bright = video.amax(1, keepdim=True)
-    return 1.0 + 4.0 * ((sat > 0.45) | (bright > 0.3)).float()
+    return 1.0 + 9.0 * ((sat > 0.45) | (bright > 0.3)).float()
 
 
 def guide_code(video: torch.Tensor) -> torch.Tensor:
-    """A fixed, information-rich target for the latents: ``[N, 8, 1 + (F-1)/4, H/8, W/8]``.
+    """The latent code of a video: ``[N, 3, 1 + 4k, H, W]`` -> ``[N, 12, 1 + k, H/8, W/8]``.
 
-    Per latent frame and 8x8 block: the mean RGB of the chunk's first and last frames and the mean luma of its two
-    middle frames (for latent frame 0, frame 0 everywhere). Pulling the encoder towards it at the start keeps the
-    tiny VAE out of the collapse it otherwise falls into within ~20 steps (per-pixel RMS norms erase brightness, so
-    an unguided encoder emits the same latent for every clip and the decoder learns the mean video).
-    """
-    pooled = F.avg_pool3d(video, (1, 8, 8))  # [N, 3, F, h, w]
-    luma = pooled.mean(1, keepdim=True)
-    chunks = [torch.cat([pooled[:, :, :1], pooled[:, :, :1], luma[:, :, :1], luma[:, :, :1]], 1)]
-    for t in range(1, (video.shape[2] - 1) // 4 + 1):
-        a, b = 4 * t - 3, 4 * t
-        chunks.append(torch.cat([pooled[:, :, a : a + 1], pooled[:, :, b : b + 1], luma[:, :, a + 1 : a + 2],
-                                 luma[:, :, a + 2 : a + 3]], 1))
-    return 2.0 * torch.cat(chunks, 2)
+    Channel ``3 f + c`` of latent frame ``t`` is colour ``c`` of pixel frame ``f`` of that latent frame, averaged
+    over each 8x8 block (latent frame 0 covers pixel frame 0 alone, repeated four times)."""
+    n, c, f, _, _ = video.shape
+    pooled = F.avg_pool3d(video, (1, SPATIAL, SPATIAL))  # [N, 3, F, h, w]
+    h, w = pooled.shape[-2:]
+    first = pooled[:, :, :1].repeat(1, TEMPORAL, 1, 1, 1)
+    rest = pooled[:, :, 1:].reshape(n, c, (f - 1) // TEMPORAL, TEMPORAL, h, w).permute(0, 3, 1, 2, 4, 5)
+    return torch.cat([first, rest.reshape(n, TEMPORAL * c, (f - 1) // TEMPORAL, h, w)], dim=2)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -141,122 +140,29 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def train_vae(args, work: Path) -> WanVAE:
-    torch.manual_seed(args.seed)
-    vae = WanVAE(vae_config())
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    rng = np.random.default_rng(args.seed)
-    t0 = time.time()
-    crop_steps = args.vae_steps - args.vae_full_steps
-    for step in range(args.vae_steps):
-        # 9 frames: the causal first frame and two cached 4-frame chunks (the second chunk's cache comes from a
-        # full chunk, unlike the first one's), exactly what 9-frame generation decodes.
-        if step < crop_steps:  # 32x32 crops: 4x cheaper; the convolutions do not care where the crop was
-            clips = np.stack([sample_clip(rng, frames=9)[0] for _ in range(args.vae_batch)])
-            oy, ox = rng.integers(0, 33, size=2)
-            x = to_video(clips[:, :, oy : oy + 32, ox : ox + 32])
-        else:  # then whole frames, so the mid-block attention sees the 8x8 latent grid it decodes at inference
-            x = to_video(np.stack([sample_clip(rng, frames=9)[0] for _ in range(args.vae_batch // 2)]))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.vae_steps, args.vae_lr, 50)
-        z = vae.encode(x)
-        # Latent noise only in the second half: early on it would teach the decoder to ignore z.
-        y = vae.decode(z + (0.05 if step >= args.vae_steps // 2 else 0.0) * torch.randn_like(z))
-        w = shape_weight(x)
-        rec = (w * ((y - x).abs() + (y - x).pow(2))).mean()
-        guide = max(0.0, 1.0 - step / (0.6 * args.vae_steps))  # fades out: the encoder may then go beyond it
-        loss = rec + guide * (z - guide_code(x)).pow(2).mean() + 1e-4 * z.pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        if step % 25 == 0 or step == args.vae_steps - 1:
-            if step % 300 == 0:
-                torch.save(vae.state_dict(), work / "vae.pt")
-            print(f"vae {step:5d} rec {rec.item():.4f} |z| {z.pow(2).mean().sqrt().item():.3f} "
-                  f"batch-std(out) {y.std(0).mean().item():.4f} (in {x.std(0).mean().item():.4f}) "
-                  f"{time.time() - t0:.0f}s", flush=True)
-    torch.save(vae.state_dict(), work / "vae.pt")
-    print(f"vae done in {time.time() - t0:.0f}s", flush=True)
-    return vae.eval()
+def clip_batch(rng: np.random.Generator, count: int) -> torch.Tensor:
+    """``count`` fresh training clips ``[count, 3, 9, 64, 64]`` in [-1, 1] (training triples only)."""
+    return to_video(np.stack([sample_clip(rng, frames=FRAMES)[0] for _ in range(count)]))
 
 
-def refine_vae(args, vae: WanVAE, work: Path) -> WanVAE:
-    """Whole VAE on whole 64x64 9-frame clips with the guide term at full weight throughout.
-
-    Measured after ``train_vae``: once the guide had faded, the latents kept red but lost most of green and blue
-    (linear R^2 0.23-0.38 on shape pixels), so a green shape decoded to nothing. Holding the latents to the pooled
-    colours of ``guide_code`` keeps every colour decodable."""
-    torch.manual_seed(args.seed + 5)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.refine_lr, weight_decay=0.0)
-    rng = np.random.default_rng(args.seed + 5)
-    t0 = time.time()
-    for step in range(args.refine_steps):
-        x = to_video(np.stack([sample_clip(rng, frames=9)[0] for _ in range(args.vae_batch // 2)]))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.refine_steps, args.refine_lr, 20)
-        z = vae.encode(x)
-        y = vae.decode(z)
-        rec = (shape_weight(x) * ((y - x).abs() + (y - x).pow(2))).mean()
-        guide = (z - guide_code(x)).pow(2).mean()
-        loss = rec + guide
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        if step % 25 == 0 or step == args.refine_steps - 1:
-            print(f"refine {step:5d} rec {rec.item():.4f} guide {guide.item():.4f} {time.time() - t0:.0f}s", flush=True)
-    torch.save(vae.state_dict(), work / "vae.pt")
-    print(f"vae refine done in {time.time() - t0:.0f}s", flush=True)
-    return vae.eval()
-
-
-def finetune_decoder(args, vae: WanVAE, std: list[float], work: Path) -> WanVAE:
-    """Decoder (+ post_quant_conv) only, on whole 64x64 9-frame clips; the encoder is frozen, so the latent space
-    the DiT learns is unchanged and this stage can run beside the DiT's. Latent noise (10% of each channel's std)
-    makes the decoder forgiving of the DiT's small errors."""
-    torch.manual_seed(args.seed + 4)
-    vae.requires_grad_(False)
-    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    for q in params:
-        q.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=args.dec_lr, weight_decay=0.0)
-    rng = np.random.default_rng(args.seed + 4)
-    sigma = 0.1 * torch.tensor(std).view(1, -1, 1, 1, 1)
-    t0 = time.time()
-    for step in range(args.dec_steps):
-        x = to_video(np.stack([sample_clip(rng, frames=9)[0] for _ in range(args.vae_batch // 2)]))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.dec_steps, args.dec_lr, 20)
-        with torch.no_grad():
-            z = vae.encode(x)
-        y = vae.decode(z + sigma * torch.randn_like(z))
-        rec = (shape_weight(x) * ((y - x).abs() + (y - x).pow(2))).mean()
-        opt.zero_grad(set_to_none=True)
-        rec.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 25 == 0 or step == args.dec_steps - 1:
-            print(f"decoder {step:5d} rec {rec.item():.4f} {time.time() - t0:.0f}s", flush=True)
-            if step % 100 == 0:
-                torch.save(vae.state_dict(), work / "vae_ft.pt")
-    torch.save(vae.state_dict(), work / "vae_ft.pt")
-    print(f"decoder fine-tune done in {time.time() - t0:.0f}s", flush=True)
-    return vae.eval()
+def scene_batch(rng: np.random.Generator, count: int) -> torch.Tensor:
+    """``count`` fresh clips of 1-4 shapes ``[count, 3, 9, 64, 64]``: colour is what the tiny VAE learns slowest,
+    so every batch carries several (training triples only; no captions needed)."""
+    return to_video(np.stack([sample_scene(rng, int(rng.integers(1, 5))) for _ in range(count)]))
 
 
 @torch.no_grad()
-def encode_dataset(args, vae: WanVAE, te: WanTextEncoder, work: Path) -> dict:
+def latent_dataset(args, te: WanTextEncoder, work: Path) -> dict:
+    """Codes of ``--clips`` clips (seed + 1), their statistics, and the text states of every caption."""
     t0 = time.time()
-    clips, texts = sample_dataset(args.seed + 1, args.clips, frames=9)
-    lat = []
-    for i in range(0, len(clips), 32):
-        lat.append(vae.encode(to_video(clips[i : i + 32])))
-        if i % 640 == 0:
-            print(f"encode {i} {time.time() - t0:.0f}s", flush=True)
-    z = torch.cat(lat)  # [N, z, 3, 8, 8]
-    mean = z.mean(dim=(0, 2, 3, 4))
-    std = z.std(dim=(0, 2, 3, 4))
+    rng = np.random.default_rng(args.seed + 1)
+    codes, texts = [], []
+    for i in range(0, args.clips, 500):
+        batch = [sample_clip(rng, frames=FRAMES) for _ in range(min(500, args.clips - i))]
+        codes.append(guide_code(to_video(np.stack([clip for clip, _ in batch]))))
+        texts += [text for _, text in batch]
+    z = torch.cat(codes)  # [N, 12, 3, 8, 8]
+    mean, std = z.mean(dim=(0, 2, 3, 4)), z.std(dim=(0, 2, 3, 4))
     uniq = sorted(set(texts)) + [""]
     states = torch.cat([te.encode(uniq[i : i + 256], TEXT_LEN)[0] for i in range(0, len(uniq), 256)])
     index = {t: i for i, t in enumerate(uniq)}
@@ -268,10 +174,16 @@ def encode_dataset(args, vae: WanVAE, te: WanTextEncoder, work: Path) -> dict:
         "mean": mean.tolist(),
         "std": std.tolist(),
     }
-    torch.save(data, work / "latents.pt")
-    print(f"encoded {len(clips)} clips, {len(uniq)} captions in {time.time() - t0:.0f}s; "
-          f"latent mean {np.round(mean.numpy(), 2)} std {np.round(std.numpy(), 2)}", flush=True)
+    torch.save({"mean": data["mean"], "std": data["std"]}, work / "latent_stats.pt")
+    print(f"{len(texts)} clips, {len(uniq)} captions in {time.time() - t0:.0f}s; "
+          f"code mean {np.round(mean.numpy(), 2)} std {np.round(std.numpy(), 2)}", flush=True)
     return data
+
+
+def latent_stats(work: Path) -> tuple[list[float], list[float]]:
+    """The per-channel code mean/std ``latent_dataset`` measured (written by the DiT stage)."""
+    stats = torch.load(work / "latent_stats.pt")
+    return stats["mean"], stats["std"]
 
 
 def train_dit(args, data: dict, work: Path) -> WanTransformer3D:
@@ -310,12 +222,77 @@ def train_dit(args, data: dict, work: Path) -> WanTransformer3D:
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 100 == 0 or step == args.dit_steps - 1:
             print(f"dit {step:6d} loss {avg:.4f} {time.time() - t0:.0f}s", flush=True)
-        if (step + 1) % 500 == 0:
+        if (step + 1) % 1000 == 0:
             torch.save(ema, work / "dit_ema.pt")
     torch.save(ema, work / "dit_ema.pt")
     print(f"dit done in {time.time() - t0:.0f}s", flush=True)
     dit.load_state_dict(ema)
     return dit.eval()
+
+
+def train_decoder(args, work: Path) -> dict[str, torch.Tensor]:
+    """Decoder + ``post_quant_conv`` from scratch: codes of fresh clips (+ noise) -> the clips."""
+    torch.manual_seed(args.seed + 4)
+    vae = WanVAE(vae_config())
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.dec_lr, weight_decay=0.0)
+    rng = np.random.default_rng(args.seed + 4)
+    # Noise scale: the per-channel std of the codes of the first 1000 clips the DiT trains on (same seed).
+    std = guide_code(clip_batch(np.random.default_rng(args.seed + 1), 1000)).std(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)
+    t0 = time.time()
+    for step in range(args.dec_steps):
+        x = scene_batch(rng, args.vae_batch)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.dec_steps, args.dec_lr, 50)
+        z = guide_code(x)
+        sigma = 0.2 * std * torch.rand(z.shape[0], 1, 1, 1, 1)
+        y = vae.decode(z + sigma * torch.randn_like(z))
+        rec = (shape_weight(x) * ((y - x).abs() + (y - x).pow(2))).mean()
+        opt.zero_grad(set_to_none=True)
+        rec.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 25 == 0 or step == args.dec_steps - 1:
+            print(f"decoder {step:5d} rec {rec.item():.4f} {time.time() - t0:.0f}s", flush=True)
+        if (step + 1) % 250 == 0:
+            torch.save(vae.state_dict(), work / "vae_decoder.pt")
+    torch.save(vae.state_dict(), work / "vae_decoder.pt")
+    print(f"decoder done in {time.time() - t0:.0f}s", flush=True)
+    return vae.state_dict()
+
+
+def train_encoder(args, work: Path) -> dict[str, torch.Tensor]:
+    """Encoder + ``quant_conv`` from scratch: ``vae.encode(x)`` -> ``guide_code(x)`` (MSE)."""
+    torch.manual_seed(args.seed + 5)
+    vae = WanVAE(vae_config())
+    params = [*vae.encoder.parameters(), *vae.quant_conv.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.enc_lr, weight_decay=0.0)
+    rng = np.random.default_rng(args.seed + 5)
+    t0 = time.time()
+    for step in range(args.enc_steps):
+        x = scene_batch(rng, args.vae_batch)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.enc_steps, args.enc_lr, 50)
+        target = guide_code(x)
+        err = (vae.encode(x) - target).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        err.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 25 == 0 or step == args.enc_steps - 1:
+            print(f"encoder {step:5d} mse {err.item():.5f} (code var {target.var().item():.4f}) "
+                  f"{time.time() - t0:.0f}s", flush=True)
+    torch.save(vae.state_dict(), work / "vae_encoder.pt")
+    print(f"encoder done in {time.time() - t0:.0f}s", flush=True)
+    return vae.state_dict()
+
+
+def merged_vae(encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor]) -> WanVAE:
+    """One VAE: the encoder stage's encoder + quant_conv, the decoder stage's decoder + post_quant_conv."""
+    vae = WanVAE(vae_config())
+    own = ("encoder.", "quant_conv.")
+    vae.load_state_dict({k: (encoder if k.startswith(own) else decoder)[k] for k in vae.state_dict()})
+    return vae.eval()
 
 
 def export(out: Path, vae: WanVAE, mean: list[float], std: list[float], dit: WanTransformer3D,
@@ -363,60 +340,46 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("vidpar/assets/tiny-shapes"))
     p.add_argument("--work", type=Path, default=Path("/tmp/tiny-shapes-work"), help="intermediate checkpoints")
-    p.add_argument("--stage", choices=("all", "vae", "refine", "dit", "decoder", "export"), default="all",
-                   help="vae: VAE + latents; dit: DiT from saved latents; decoder: decoder fine-tune from the saved "
-                        "VAE (independent of dit: the two may run side by side); export: from saved weights")
+    p.add_argument("--stage", choices=("all", "dit", "decoder", "encoder", "export"), default="all",
+                   help="dit, decoder and encoder are independent (run them side by side); export reads their "
+                        "checkpoints from --work")
     p.add_argument("--seed", type=int, default=0)
     # One thread: on a shared 2-core machine, 2 OpenMP threads per process spin-wait on each other when the
     # scheduler is busy (measured here: 4x slower than 1 thread under load).
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--vae-steps", type=int, default=1800)
-    p.add_argument("--vae-full-steps", type=int, default=150, help="last VAE steps on whole 64x64 frames")
-    p.add_argument("--vae-batch", type=int, default=8)
-    p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--refine-steps", type=int, default=400, help="whole-VAE steps with the colour guide kept")
-    p.add_argument("--refine-lr", type=float, default=5e-4)
-    p.add_argument("--dec-steps", type=int, default=1000, help="decoder fine-tune steps (whole frames, batch 4)")
-    p.add_argument("--dec-lr", type=float, default=7e-4)
-    p.add_argument("--clips", type=int, default=4000)
-    p.add_argument("--dit-steps", type=int, default=5000)
+    p.add_argument("--clips", type=int, default=40000, help="clips whose codes the DiT trains on")
+    p.add_argument("--dit-steps", type=int, default=10000)
     p.add_argument("--dit-batch", type=int, default=32)
     p.add_argument("--dit-lr", type=float, default=8e-4)
+    p.add_argument("--vae-batch", type=int, default=4, help="clips per decoder / encoder step")
+    p.add_argument("--dec-steps", type=int, default=4000)
+    p.add_argument("--dec-lr", type=float, default=2e-3)
+    p.add_argument("--enc-steps", type=int, default=3000)
+    p.add_argument("--enc-lr", type=float, default=2e-3)
     p.add_argument("--flow-shift", type=float, default=2.0, help="sampling shift written to the scheduler config")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     te = text_encoder(args.seed)
-    if args.stage in ("all", "vae", "refine"):
-        if args.stage == "refine":  # resume from train_vae's weights
-            vae = WanVAE(vae_config())
-            vae.load_state_dict(torch.load(args.work / "vae_stage1.pt"))
-        else:
-            vae = train_vae(args, args.work)
-            torch.save(vae.state_dict(), args.work / "vae_stage1.pt")
-        vae = refine_vae(args, vae.train(), args.work)
-        data = encode_dataset(args, vae, te, args.work)
-        if args.stage in ("vae", "refine"):
-            return
-    else:
-        vae = WanVAE(vae_config())
-        vae.load_state_dict(torch.load(args.work / "vae.pt"))
-        data = torch.load(args.work / "latents.pt")
     if args.stage == "decoder":
-        finetune_decoder(args, vae, data["std"], args.work)
+        train_decoder(args, args.work)
+        return
+    if args.stage == "encoder":
+        train_encoder(args, args.work)
         return
     if args.stage in ("all", "dit"):
-        dit = train_dit(args, data, args.work)
+        dit = train_dit(args, latent_dataset(args, te, args.work), args.work)
         if args.stage == "dit":
             return
     else:
         dit = WanTransformer3D(dit_config())
         dit.load_state_dict(torch.load(args.work / "dit_ema.pt"))
     if args.stage == "all":
-        vae = finetune_decoder(args, vae, data["std"], args.work)
+        vae = merged_vae(train_encoder(args, args.work), train_decoder(args, args.work))
     else:
-        vae.load_state_dict(torch.load(args.work / "vae_ft.pt"))
-    export(args.out, vae, data["mean"], data["std"], dit, te, args.flow_shift)
+        vae = merged_vae(torch.load(args.work / "vae_encoder.pt"), torch.load(args.work / "vae_decoder.pt"))
+    mean, std = latent_stats(args.work)
+    export(args.out, vae, mean, std, dit, te, args.flow_shift)
 
 
 if __name__ == "__main__":

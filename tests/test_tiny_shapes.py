@@ -56,11 +56,6 @@ def single_pipeline(dtype: torch.dtype = torch.float32) -> Pipeline:
     return Pipeline(load_components("tiny-shapes", dtype, ctx.device), ctx, dtype)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shipped weights score 18/36 = 50% (measured 2026-11-21; goal 90%): green shapes do not survive the tiny "
-    "VAE's latents, and the DiT (5000 CPU steps) still confuses colours and directions on unseen triples",
-)
 def test_held_out_prompts_colour_and_direction():
     torch.set_num_threads(2)
     pipe = single_pipeline()

@@ -189,6 +189,29 @@ def sample_clip(
     return render(tracks, _background(rng, height, width)), text
 
 
+def sample_scene(
+    rng: np.random.Generator,
+    shapes: int,
+    frames: int = 9,
+    height: int = 64,
+    width: int = 64,
+    triples: list[tuple[str, str, str]] | None = None,
+) -> np.ndarray:
+    """A clip ``[F, H, W, 3]`` uint8 of ``shapes`` shapes of distinct colours (no caption: for training a decoder,
+    where busier scenes put more coloured pixels in every batch)."""
+    triples = training_triples() if triples is None else triples
+    if not 1 <= shapes <= len(COLORS):
+        raise ValueError(f"shapes must be in 1..{len(COLORS)}, got {shapes}")
+    tracks: list[ShapeTrack] = []
+    while len(tracks) < shapes:
+        color, shape, motion = triples[rng.integers(len(triples))]
+        if any(t.color == color for t in tracks):
+            continue
+        size = rng.uniform(6.0, 9.0)
+        tracks.append(ShapeTrack(color, shape, motion, size, _track(rng, motion, frames, height, width, size)))
+    return render(tracks, _background(rng, height, width))
+
+
 def sample_dataset(
     seed: int, count: int, frames: int = 9, height: int = 64, width: int = 64, two_shapes_prob: float = 0.15
 ) -> tuple[np.ndarray, list[str]]:

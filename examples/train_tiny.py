@@ -230,61 +230,63 @@ def train_dit(args, data: dict, work: Path) -> WanTransformer3D:
     return dit.eval()
 
 
+def fit_vae_part(name: str, vae: WanVAE, params: list, loss_fn, args, steps: int, lr: float, seed: int,
+                 path: Path) -> dict[str, torch.Tensor]:
+    """AdamW on ``params`` (cosine lr, 50 warm-up steps, grad-norm clip 1), each step on ``--vae-batch`` fresh
+    scene clips; ``loss_fn(x) -> (loss, log text)``. Checkpoints ``vae`` to ``path`` every 250 steps and at the end."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    for step in range(steps):
+        x = scene_batch(rng, args.vae_batch)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, 50)
+        loss, text = loss_fn(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 25 == 0 or step == steps - 1:
+            print(f"{name} {step:5d} {text} {time.time() - t0:.0f}s", flush=True)
+        if (step + 1) % 250 == 0:
+            torch.save(vae.state_dict(), path)
+    torch.save(vae.state_dict(), path)
+    print(f"{name} done in {time.time() - t0:.0f}s", flush=True)
+    return vae.state_dict()
+
+
 def train_decoder(args, work: Path) -> dict[str, torch.Tensor]:
     """Decoder + ``post_quant_conv`` from scratch: codes of fresh clips (+ noise) -> the clips."""
     torch.manual_seed(args.seed + 4)
     vae = WanVAE(vae_config())
-    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.dec_lr, weight_decay=0.0)
-    rng = np.random.default_rng(args.seed + 4)
     # Noise scale: the per-channel std of the codes of the first 1000 clips the DiT trains on (same seed).
     std = guide_code(clip_batch(np.random.default_rng(args.seed + 1), 1000)).std(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)
-    t0 = time.time()
-    for step in range(args.dec_steps):
-        x = scene_batch(rng, args.vae_batch)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.dec_steps, args.dec_lr, 50)
+
+    def loss(x: torch.Tensor) -> tuple[torch.Tensor, str]:
         z = guide_code(x)
         sigma = 0.2 * std * torch.rand(z.shape[0], 1, 1, 1, 1)
         y = vae.decode(z + sigma * torch.randn_like(z))
         rec = (shape_weight(x) * ((y - x).abs() + (y - x).pow(2))).mean()
-        opt.zero_grad(set_to_none=True)
-        rec.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 25 == 0 or step == args.dec_steps - 1:
-            print(f"decoder {step:5d} rec {rec.item():.4f} {time.time() - t0:.0f}s", flush=True)
-        if (step + 1) % 250 == 0:
-            torch.save(vae.state_dict(), work / "vae_decoder.pt")
-    torch.save(vae.state_dict(), work / "vae_decoder.pt")
-    print(f"decoder done in {time.time() - t0:.0f}s", flush=True)
-    return vae.state_dict()
+        return rec, f"rec {rec.item():.4f}"
+
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    return fit_vae_part("decoder", vae, params, loss, args, args.dec_steps, args.dec_lr, args.seed + 4,
+                        work / "vae_decoder.pt")
 
 
 def train_encoder(args, work: Path) -> dict[str, torch.Tensor]:
     """Encoder + ``quant_conv`` from scratch: ``vae.encode(x)`` -> ``guide_code(x)`` (MSE)."""
     torch.manual_seed(args.seed + 5)
     vae = WanVAE(vae_config())
-    params = [*vae.encoder.parameters(), *vae.quant_conv.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.enc_lr, weight_decay=0.0)
-    rng = np.random.default_rng(args.seed + 5)
-    t0 = time.time()
-    for step in range(args.enc_steps):
-        x = scene_batch(rng, args.vae_batch)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.enc_steps, args.enc_lr, 50)
+
+    def loss(x: torch.Tensor) -> tuple[torch.Tensor, str]:
         target = guide_code(x)
         err = (vae.encode(x) - target).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        err.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 25 == 0 or step == args.enc_steps - 1:
-            print(f"encoder {step:5d} mse {err.item():.5f} (code var {target.var().item():.4f}) "
-                  f"{time.time() - t0:.0f}s", flush=True)
-    torch.save(vae.state_dict(), work / "vae_encoder.pt")
-    print(f"encoder done in {time.time() - t0:.0f}s", flush=True)
-    return vae.state_dict()
+        return err, f"mse {err.item():.5f} (code var {target.var().item():.4f})"
+
+    params = [*vae.encoder.parameters(), *vae.quant_conv.parameters()]
+    return fit_vae_part("encoder", vae, params, loss, args, args.enc_steps, args.enc_lr, args.seed + 5,
+                        work / "vae_encoder.pt")
 
 
 def merged_vae(encoder: dict[str, torch.Tensor], decoder: dict[str, torch.Tensor]) -> WanVAE:

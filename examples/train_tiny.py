@@ -14,7 +14,7 @@ Recipe (seeded: ``--seed`` drives every stage; one thread per process). The idea
 construction, so the three trained parts do not depend on each other and run side by side (``--stage dit``,
 ``--stage decoder`` and ``--stage encoder`` in three processes, or in sequence with ``--stage all``).
 
-1. Latent space: ``guide_code(x)``, the 8x8-pooled RGB of each pixel frame a latent frame covers (Wan's causal
+1. Latent space: ``latent_code(x)``, the 8x8-pooled RGB of each pixel frame a latent frame covers (Wan's causal
    4x temporal / 8x spatial layout: latent frame 0 is pixel frame 0, latent frame t covers frames 4t-3..4t), so
    ``z_dim = 4 x 3 = 12``. Colour and position survive by construction. (A learned latent space lost green and
    drifted on other colours in an earlier recipe: a tiny Wan VAE with per-pixel RMS norms collapses to the mean
@@ -32,7 +32,7 @@ construction, so the three trained parts do not depend on each other and run sid
    9-frame clips of 1-4 shapes (``vidpar.data.shapes.sample_scene``: colour is what this tiny decoder learns
    slowest, so every batch carries several), code + Gaussian noise of up to 20% of each channel's std (the DiT's
    samples are not exact codes); loss pixel L1 + MSE with shape pixels weighted 10x.
-5. VAE encoder (same config) trained to output ``guide_code(x)`` (MSE; ``--enc-steps`` 3000, lr 2e-3, the same
+5. VAE encoder (same config) trained to output ``latent_code(x)`` (MSE; ``--enc-steps`` 3000, lr 2e-3, the same
    kind of batches as the decoder), so ``vae.encode`` maps a video into the
    DiT's latent space like a real VAE's encoder does (text-to-video generation never calls it).
 6. Export: ``model_index.json``, ``transformer/`` (official Wan config keys, which keep ``text_len``, +
@@ -129,7 +129,7 @@ def shape_weight(video: torch.Tensor) -> torch.Tensor:
     return 1.0 + 9.0 * ((sat > 0.45) | (bright > 0.3)).float()
 
 
-def guide_code(video: torch.Tensor) -> torch.Tensor:
+def latent_code(video: torch.Tensor) -> torch.Tensor:
     """The latent code of a video: ``[N, 3, 1 + 4k, H, W]`` -> ``[N, 12, 1 + k, H/8, W/8]``.
 
     Channel ``3 f + c`` of latent frame ``t`` is colour ``c`` of pixel frame ``f`` of that latent frame, averaged
@@ -167,7 +167,7 @@ def latent_dataset(args, te: WanTextEncoder, work: Path) -> dict:
     codes, texts = [], []
     for i in range(0, args.clips, 500):
         batch = [sample_clip(rng, frames=FRAMES) for _ in range(min(500, args.clips - i))]
-        codes.append(guide_code(to_video(np.stack([clip for clip, _ in batch]))))
+        codes.append(latent_code(to_video(np.stack([clip for clip, _ in batch]))))
         texts += [text for _, text in batch]
     z = torch.cat(codes)  # [N, 12, 3, 8, 8]
     mean, std = z.mean(dim=(0, 2, 3, 4)), z.std(dim=(0, 2, 3, 4))
@@ -268,10 +268,10 @@ def train_decoder(args, work: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(args.seed + 4)
     vae = WanVAE(vae_config())
     # Noise scale: the per-channel std of the codes of the first 1000 clips the DiT trains on (same seed).
-    std = guide_code(clip_batch(np.random.default_rng(args.seed + 1), 1000)).std(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)
+    std = latent_code(clip_batch(np.random.default_rng(args.seed + 1), 1000)).std(dim=(0, 2, 3, 4)).view(1, -1, 1, 1, 1)
 
     def loss(x: torch.Tensor) -> tuple[torch.Tensor, str]:
-        z = guide_code(x)
+        z = latent_code(x)
         sigma = 0.2 * std * torch.rand(z.shape[0], 1, 1, 1, 1)
         y = vae.decode(z + sigma * torch.randn_like(z))
         rec = (shape_weight(x) * ((y - x).abs() + (y - x).pow(2))).mean()
@@ -283,12 +283,12 @@ def train_decoder(args, work: Path) -> dict[str, torch.Tensor]:
 
 
 def train_encoder(args, work: Path) -> dict[str, torch.Tensor]:
-    """Encoder + ``quant_conv`` from scratch: ``vae.encode(x)`` -> ``guide_code(x)`` (MSE)."""
+    """Encoder + ``quant_conv`` from scratch: ``vae.encode(x)`` -> ``latent_code(x)`` (MSE)."""
     torch.manual_seed(args.seed + 5)
     vae = WanVAE(vae_config())
 
     def loss(x: torch.Tensor) -> tuple[torch.Tensor, str]:
-        target = guide_code(x)
+        target = latent_code(x)
         err = (vae.encode(x) - target).pow(2).mean()
         return err, f"mse {err.item():.5f} (code var {target.var().item():.4f})"
 
@@ -370,13 +370,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    te = text_encoder(args.seed)
     if args.stage == "decoder":
         train_decoder(args, args.work)
         return
     if args.stage == "encoder":
         train_encoder(args, args.work)
         return
+    te = text_encoder(args.seed)  # the DiT's dataset and the export need it; the VAE stages do not
     if args.stage in ("all", "dit"):
         dit = train_dit(args, latent_dataset(args, te, args.work), args.work)
         if args.stage == "dit":

@@ -167,6 +167,22 @@ def render(tracks: list[ShapeTrack], background: np.ndarray) -> np.ndarray:
     return out
 
 
+def _random_tracks(
+    rng: np.random.Generator, count: int, triples: list[tuple[str, str, str]] | None, frames: int, h: int, w: int
+) -> list[ShapeTrack]:
+    """``count`` shapes drawn from ``triples`` (default: training ones), each of its own colour (two shapes of one
+    colour would make a caption ambiguous)."""
+    triples = training_triples() if triples is None else triples
+    tracks: list[ShapeTrack] = []
+    while len(tracks) < count:
+        color, shape, motion = triples[rng.integers(len(triples))]
+        if any(t.color == color for t in tracks):
+            continue
+        size = rng.uniform(6.0, 9.0)
+        tracks.append(ShapeTrack(color, shape, motion, size, _track(rng, motion, frames, h, w, size)))
+    return tracks
+
+
 def sample_clip(
     rng: np.random.Generator,
     frames: int = 9,
@@ -176,15 +192,8 @@ def sample_clip(
     triples: list[tuple[str, str, str]] | None = None,
 ) -> tuple[np.ndarray, str]:
     """One random clip ``[F, H, W, 3]`` uint8 and its caption, drawn from ``triples`` (default: training ones)."""
-    triples = training_triples() if triples is None else triples
     n = 2 if rng.random() < two_shapes_prob else 1
-    tracks: list[ShapeTrack] = []
-    while len(tracks) < n:
-        color, shape, motion = triples[rng.integers(len(triples))]
-        if tracks and color == tracks[0].color:
-            continue  # two shapes of one colour would make the caption ambiguous
-        size = rng.uniform(6.0, 9.0)
-        tracks.append(ShapeTrack(color, shape, motion, size, _track(rng, motion, frames, height, width, size)))
+    tracks = _random_tracks(rng, n, triples, frames, height, width)
     text = " and ".join(caption(t.color, t.shape, t.motion) for t in tracks)
     return render(tracks, _background(rng, height, width)), text
 
@@ -199,17 +208,9 @@ def sample_scene(
 ) -> np.ndarray:
     """A clip ``[F, H, W, 3]`` uint8 of ``shapes`` shapes of distinct colours (no caption: for training a decoder,
     where busier scenes put more coloured pixels in every batch)."""
-    triples = training_triples() if triples is None else triples
     if not 1 <= shapes <= len(COLORS):
         raise ValueError(f"shapes must be in 1..{len(COLORS)}, got {shapes}")
-    tracks: list[ShapeTrack] = []
-    while len(tracks) < shapes:
-        color, shape, motion = triples[rng.integers(len(triples))]
-        if any(t.color == color for t in tracks):
-            continue
-        size = rng.uniform(6.0, 9.0)
-        tracks.append(ShapeTrack(color, shape, motion, size, _track(rng, motion, frames, height, width, size)))
-    return render(tracks, _background(rng, height, width))
+    return render(_random_tracks(rng, shapes, triples, frames, height, width), _background(rng, height, width))
 
 
 def sample_dataset(

@@ -23,7 +23,7 @@ from vidpar.parallel.split import split_sizes
 
 from . import hardware as hw
 from .comm_model import cfg_exchange_bytes, predict_comm_bytes, predict_vae_busiest_rank_bytes
-from .workload import ModelSpec, dit_params, forward_flops, latent_shape, vae_config_for
+from .workload import ModelSpec, latent_shape
 
 # Elementwise traffic per layer (LayerNorms, AdaLN modulation, rotary, fp32 residual adds, dtype casts):
 # ~15 reads/writes of a fp32 [S, dim] tensor = 60 bytes per token and dim unit (counted from the block code).
@@ -96,7 +96,7 @@ def step_time(
     u, r = parallel.ulysses, parallel.ring
     p = u * r
     peak = gpu.bf16_tflops * 1e12
-    flops = forward_flops(cfg, tokens)
+    flops = cfg.forward_flops(tokens)
 
     token_imb = max(split_sizes(tokens, p)) * p / tokens
     head_imb = max(split_sizes(cfg.num_heads, u)) * u / cfg.num_heads
@@ -137,7 +137,7 @@ def step_time(
         step_bytes[k] = forwards * v
     if fsdp and cluster.gpus > 1:
         n = cluster.gpus
-        weights = 2.0 * dit_params(cfg)  # the expert that runs this step, bf16
+        weights = 2.0 * cfg.params  # the expert that runs this step, bf16
         span = cluster.spans_nodes(n)
         t_fsdp = weights * (n - 1) / n / (cluster.bandwidth(span) * hw.P2P_EFFICIENCY)
         exposed += max(0.0, t_fsdp - compute) + t_fsdp / layers
@@ -159,12 +159,12 @@ def vae_decode_comm_bytes(model: ModelSpec, video: tuple[int, int, int], vae_mod
         return {}
     frames, height, width = video
     latent = latent_shape(model.vae, height, width, frames)
-    return predict_vae_busiest_rank_bytes(vae_config_for(model.vae), latent, gpus, vae_mode, "rank0", 4)
+    return predict_vae_busiest_rank_bytes(model.vae, latent, gpus, vae_mode, "rank0", 4)
 
 
 def vae_decode_time(model: ModelSpec, video: tuple[int, int, int], vae_mode: str, cluster: Cluster,
                     comm_bytes: dict[str, int] | None = None) -> float:
-    """Seconds of the VAE decode for a ``vae_mode`` of ``vidpar.models.wan.vae_plan`` (``"patch"``, ``"pipeline"``,
+    """Seconds of the VAE decode for a parallel decode ``vae_mode`` (``"patch"``, ``"pipeline"``,
     ``"combined"``) or ``"single"`` (one GPU). Compute is an uncalibrated estimate; the communication term is the
     busiest rank's exact bytes (:func:`vae_decode_comm_bytes`: halos, band attention, hand-offs, output to rank 0),
     assumed not overlapped, over the world's slowest link (``comm_bytes``: that dict if already computed)."""

@@ -1,8 +1,9 @@
 """Peak GPU memory of one rank for a layout: weights + the largest live activations + a fixed runtime overhead.
 
 A model, not a measurement: the activation constants below are derived by counting the tensors alive at the
-peak of a Wan block in vidpar's code (bf16 weights/activations, fp32 residual stream); the VAE constants are
-labelled estimates to be calibrated on a GPU.
+peak of a DiT block in vidpar's code (a Wan block; bf16 weights/activations, fp32 residual stream; a family adds
+``DitWorkload.extra_bytes_per_token`` where its block holds more); the VAE constants are labelled estimates to be
+calibrated on a GPU.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from vidpar.parallel.split import split_sizes
 
 from .hardware import GB
-from .workload import TEXT_ENCODER_PARAMS, ModelSpec, dit_params
+from .workload import ModelSpec
 
 BF16 = 2
 # Attention phase of a block, bytes per local token and per model-dim unit: fp32 residual (4) + modulated input
@@ -22,9 +23,6 @@ ATTN_BYTES_PER_TOKEN_DIM = 48
 # FFN phase: fp32 residual, modulated input, output in bf16 and fp32 (12 per dim) + hidden and GELU (4 per ffn).
 FFN_BYTES_PER_TOKEN_DIM = 12
 FFN_BYTES_PER_TOKEN_FFN = 4
-# Per-token timesteps (Wan2.2 TI2V): e0 [S, 6, dim] + e [S, dim] fp32, and the fp64 sinusoid [S, 256].
-PER_TOKEN_TIME_BYTES_PER_DIM = 28
-PER_TOKEN_TIME_BYTES = 256 * 8
 ALLOCATOR_FACTOR = 1.10  # caching-allocator fragmentation on top of live tensors (assumed)
 RUNTIME_OVERHEAD_GB = 3.0  # CUDA context (~0.5 GB), cuBLAS/cuDNN workspaces, NCCL buffers (assumed)
 VAE_CHUNK_FRAMES = 4  # the causal decoder emits 4 frames per latent frame (feature cache between chunks)
@@ -78,13 +76,13 @@ def estimate_memory(
         fsdp: shard weights (one unsharded block is kept in flight for prefetch, plus the one computing).
         vae_mode: ``"single"`` (one GPU: no split), ``"patch"`` (row bands over all ranks), ``"pipeline"``
             (decoder stages over ranks) or ``"combined"`` (two stage groups, bands over half the ranks each).
-        text_encoder_on_gpu: False when umT5 runs on the CPU (then it costs no GPU memory).
+        text_encoder_on_gpu: False when the text encoder runs on the CPU (then it costs no GPU memory).
     """
     cfg = model.config
-    params = dit_params(cfg) * model.experts
+    params = cfg.params * model.experts
     block_params = params / (cfg.num_layers * model.experts)
     dit_w = BF16 * (params / world_size + 2 * block_params) if fsdp and world_size > 1 else BF16 * params
-    t5 = BF16 * TEXT_ENCODER_PARAMS if text_encoder_on_gpu else 0.0
+    t5 = BF16 * model.text_encoder_params if text_encoder_on_gpu else 0.0
     if fsdp and world_size > 1:
         t5 /= world_size
     vae_w = 4.0 * model.vae.params  # the VAE runs in fp32
@@ -92,8 +90,7 @@ def estimate_memory(
     local = max(split_sizes(tokens, ulysses * ring))
     per_token = max(ATTN_BYTES_PER_TOKEN_DIM * cfg.dim, FFN_BYTES_PER_TOKEN_DIM * cfg.dim
                     + FFN_BYTES_PER_TOKEN_FFN * cfg.ffn_dim)
-    if cfg.model_type == "ti2v":
-        per_token += PER_TOKEN_TIME_BYTES_PER_DIM * cfg.dim + PER_TOKEN_TIME_BYTES
+    per_token += cfg.extra_bytes_per_token  # e.g. per-token timesteps (family-specific)
     # Full-sequence tensors every rank holds: latents, gathered head output and the unpatchified flow (fp32).
     full = 3 * 4.0 * tokens * cfg.out_channels * cfg.patch_volume
     acts = ALLOCATOR_FACTOR * (local * per_token + full)

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vidpar.models.wan.transformer_config import WanTransformerConfig
+from typing import Any
+
 from vidpar.parallel.config import ParallelConfig
 
 from . import hardware as hw
 from .cost import Cluster, step_time, vae_decode_comm_bytes, vae_decode_time
 from .memory import estimate_memory
-from .comm_model import vae_num_stages
-from .workload import ModelSpec, latent_shape, model_spec, num_tokens, vae_config_for
+from .workload import ModelSpec, latent_shape, model_spec, num_tokens
 
-VAE_MODES = ("patch", "combined", "pipeline")  # the parallel decode modes of vidpar.models.wan.vae_plan
+VAE_MODES = ("patch", "combined", "pipeline")  # the parallel decode modes (see vidpar.planner.vae_comm)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def _factorizations(n: int) -> list[tuple[int, int, int]]:
 
 def _vae_modes(n: int, stages: int = 7) -> tuple[str, ...]:
     """Decode modes that run on ``n`` GPUs ("combined" needs two stage groups of at least 2 ranks; "pipeline" at
-    most one rank per decoder stage, of which Wan VAEs have ``stages``)."""
+    most one rank per decoder stage, of which the VAE has ``stages``)."""
     return tuple(m for m in VAE_MODES
                  if (m != "combined" or (n >= 4 and n % 2 == 0)) and (m != "pipeline" or n <= stages))
 
@@ -168,7 +168,7 @@ def plan_layouts(req: Request) -> tuple[list[LayoutPlan], list[LayoutPlan]]:
     if req.steps < 1:
         raise ValueError(f"steps must be positive, got {req.steps}")
     t_one = single_gpu_step_time(req)
-    stages = vae_num_stages(vae_config_for(req.model.vae))
+    stages = req.model.vae.num_stages()
     modes = _vae_modes(n, stages) if n > 1 else ("single",)
     video = (req.frames, req.height, req.width)
     vae_bytes = {m: vae_decode_comm_bytes(req.model, video, m, n) for m in modes}  # the same for every DiT layout
@@ -184,7 +184,7 @@ def plan_layouts(req: Request) -> tuple[list[LayoutPlan], list[LayoutPlan]]:
 
 
 def make_request(
-    model: "str | WanTransformerConfig | ModelSpec",
+    model: "str | Any | ModelSpec",
     height: int,
     width: int,
     frames: int,
@@ -210,7 +210,7 @@ def make_request(
 
 
 def auto_parallel_config(
-    model_config: "WanTransformerConfig | str | ModelSpec",
+    model_config: "str | Any | ModelSpec",
     height: int,
     width: int,
     frames: int,

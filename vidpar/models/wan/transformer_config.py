@@ -77,6 +77,18 @@ class WanTransformerConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
+    def planner_workload(self):
+        """The planner's ``DitWorkload`` of this config (exact parameter and FLOP counts)."""
+        from .workload import wan_dit_workload
+
+        return wan_dit_workload(self)
+
+    def planner_spec(self, name: str = "custom"):
+        """The planner's ``ModelSpec`` of this DiT with the released VAE it is paired with (one expert)."""
+        from .workload import wan_model_spec
+
+        return wan_model_spec(name, self)
+
     # ------------------------------------------------------------------ constructors
 
     @classmethod

@@ -145,6 +145,12 @@ class WanVAEConfig:
                 d[k] = list(v)
         return d
 
+    def planner_workload(self):
+        """The planner's ``VaeWorkload`` of this config (its exact decode comm walk, size and cost estimates)."""
+        from .workload import wan_vae_workload
+
+        return wan_vae_workload(self)
+
     @classmethod
     def preset(cls, name: str) -> "WanVAEConfig":
         """A released VAE's config; ``name`` is one of ``WAN_VAE_PRESETS`` (``"wan2.1"``, ``"wan2.2"``)."""

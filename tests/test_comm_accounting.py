@@ -152,7 +152,7 @@ def measure_pipeline_step(env, degrees):
     pipe = Pipeline(comps, ctx, torch.float32)
     try:
         latents, _, text = inputs(model.config, 1, torch.float32)
-        text = torch.cat([text, torch.zeros_like(text)])  # [cond; uncond]
+        text = [{"text": text}, {"text": torch.zeros_like(text)}]  # cond, uncond (the pipeline's prompt states)
         req = GenerationRequest(prompt="x", num_steps=1, guidance_scale=5.0)
         ctx.reset_comm_stats()
         pipe.denoise(latents, text, req)

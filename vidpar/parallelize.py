@@ -12,7 +12,7 @@ def parallelize(module: nn.Module, ctx: ParallelContext, **options) -> nn.Module
     """Apply the sharding plan that ``module`` declares (``module.parallel_plan(**options)``), in place.
 
     Args:
-        module: a model whose class defines ``parallel_plan`` (e.g. ``WanTransformer3D``, ``WanVAE``).
+        module: a model whose class defines ``parallel_plan`` (every family's denoisers and VAEs do).
         ctx: from ``vidpar.parallel.init_parallel``.
         options: plan options of the model family (e.g. ``vae_mode="patch"`` for VAEs).
     Returns:

@@ -1,71 +1,90 @@
-"""prompt (+ image) -> text (+ image) states -> noise -> denoise loop (sequence-, CFG-parallel) -> VAE decode -> Video.
+"""prompt (+ image) -> prompt states (+ image conditioning) -> noise -> denoise loop (sequence-, CFG-parallel) ->
+VAE decode -> Video, for any model family.
 
-Image-to-video (``generate(..., image=...)``, see ``vidpar.models.wan.image_conditioning``): rank 0 runs the CLIP
-image encoder (Wan 2.1 I2V) and the VAE encode of the conditioning once and broadcasts the results, exactly as the
-text states; every rank checks the image first, so a bad image is a ``ValueError`` everywhere before any collective.
+The pipeline reads only the family seam (``vidpar.models.family``): the model's ``ModelCard`` (geometry, defaults,
+sampler, guidance kind) and its ``LoadedModel`` (prompt and image encoding with known shapes, the denoiser call of
+one guidance branch, the modules to parallelize and shard). Prompt states and image conditioning are computed once
+on rank 0 and broadcast (or, with FSDP, by every rank through the sharded text encoder); every rank checks a
+request first, so a bad request is a ``ValueError`` everywhere before any collective.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vidpar.checkpoint import DenoiseCheckpoint, GenerationInterrupted, StopRequest
-from vidpar.models.wan.components import OFFICIAL_CLIP, WanComponents, check_source, load_components
-from vidpar.models.wan.image_conditioning import (
-    ImageConditioning,
-    ImageInput,
-    check_image,
-    condition_shape,
-    encode_condition,
-    image_digest,
-    preprocess_image,
-)
-from vidpar.models.wan.text_encoder import check_prompts
+from vidpar.models.family import LoadedModel, ModelCard, StepInfo, TensorSpec
+from vidpar.models.registry import check_source
 from vidpar.parallel import ParallelConfig, ParallelContext, init_parallel
 from vidpar.parallel.fsdp import shard_weights
 from vidpar.parallelize import parallelize
 from vidpar.schedulers import make_scheduler
 from vidpar.video import Video, to_uint8_frames
 
+MAX_SEED = 2**64 - 1
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One generation's settings; identical on every rank."""
+    """One generation's settings; identical on every rank. ``None`` means the model's own default (its card)."""
 
     prompt: str
-    negative_prompt: str = ""
-    height: int = 480
-    width: int = 832
-    num_frames: int = 81
-    num_steps: int = 50
-    guidance_scale: float = 5.0
-    guidance_scale_2: float | None = None  # low-noise expert (Wan 2.2 A14B); defaults to guidance_scale
+    negative_prompt: str | None = None
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    num_steps: int | None = None
+    guidance_scale: float | None = None
+    guidance_scale_2: float | None = None  # a second expert's scale (Wan 2.2 A14B); None: the card's, or the first
     seed: int = 0
-    scheduler: str = "unipc"
-    flow_shift: float | None = None  # None: the checkpoint's
+    scheduler: str | None = None
+    flow_shift: float | None = None
+
+    def resolved(self, card: ModelCard) -> "GenerationRequest":
+        """This request with every unset field taken from ``card`` (its defaults and sampler)."""
+        d = card.defaults
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        return replace(
+            self,
+            negative_prompt=pick(self.negative_prompt, d.negative_prompt),
+            height=pick(self.height, d.height), width=pick(self.width, d.width),
+            num_frames=pick(self.num_frames, d.num_frames), num_steps=pick(self.num_steps, d.num_steps),
+            guidance_scale=pick(self.guidance_scale, d.guidance_scale),
+            guidance_scale_2=self._scale_2(d.guidance_scale_2),
+            scheduler=pick(self.scheduler, card.sampler.name), flow_shift=pick(self.flow_shift, card.sampler.shift),
+        )
+
+    def _scale_2(self, default: float | None) -> float | None:
+        """The second expert's scale: as given; else, if the first scale is given, None (the same); else the
+        card's pair."""
+        if self.guidance_scale_2 is not None:
+            return self.guidance_scale_2
+        return None if self.guidance_scale is not None else default
 
 
-def latent_shape(comps: WanComponents, req: GenerationRequest) -> tuple[int, int, int, int, int]:
-    """``[1, z_dim, T, h, w]`` for a request; raises ``ValueError`` for impossible sizes (no collective)."""
-    vae = comps.vae.config
-    pt, ph, pw = comps.transformer.config.patch_size
-    st, ss = vae.scale_factor_temporal, vae.scale_factor_spatial
-    if req.num_frames < 1 or (req.num_frames - 1) % st:
-        raise ValueError(f"num_frames must be of the form {st}k+1 (1, 5, 9, ..., 81), got {req.num_frames}")
-    for name, size, p in (("height", req.height, ph), ("width", req.width, pw)):
-        if size < 1 or size % (ss * p):
-            raise ValueError(f"{name} must be a positive multiple of {ss * p} (VAE stride x patch), got {size}")
-    t = (req.num_frames - 1) // st + 1
-    if t % pt:
-        raise ValueError(f"{t} latent frames are not divisible by the temporal patch {pt}")
-    if req.num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {req.num_steps}")
-    return (1, vae.z_dim, t, req.height // ss, req.width // ss)
+def check_request_values(req: GenerationRequest) -> None:
+    """Types and ranges of a resolved request (no model needed); ``ValueError`` naming the field."""
+    if not isinstance(req.prompt, str) or not isinstance(req.negative_prompt, str):
+        raise ValueError("prompt and negative_prompt must be strings")
+    if isinstance(req.num_steps, bool) or not isinstance(req.num_steps, int) or req.num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {req.num_steps!r}")
+    if isinstance(req.seed, bool) or not isinstance(req.seed, int) or not 0 <= req.seed <= MAX_SEED:
+        raise ValueError(f"seed must be an int in [0, 2**64 - 1], got {req.seed!r}")
+    for name in ("guidance_scale", "guidance_scale_2", "flow_shift"):
+        value = getattr(req, name)
+        if value is None and name == "guidance_scale_2":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if req.flow_shift <= 0:
+        raise ValueError(f"flow_shift must be > 0, got {req.flow_shift}")
 
 
 def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -85,29 +104,34 @@ def _to_device(value, device):
 
 
 class Pipeline:
-    """Wan text-to-video on a parallel mesh. Build with ``Pipeline.from_pretrained``."""
+    """Text/image-to-video for any registered model family on a parallel mesh. Build with ``from_pretrained``.
+
+    ``comps`` is the family's ``LoadedModel`` (its parts are family-specific attributes).
+    """
 
     def __init__(
-        self, comps: WanComponents, ctx: ParallelContext, dtype: torch.dtype, vae_mode: str = "auto", fsdp: bool = False
+        self, comps: LoadedModel, ctx: ParallelContext, dtype: torch.dtype, vae_mode: str = "auto", fsdp: bool = False
     ) -> None:
         if ctx.config.cfg > 2:
             raise ValueError(f"cfg degree must be 1 or 2 (two guidance branches), got {ctx.config.cfg}")
         self.comps = comps
+        self.card = comps.card
+        if ctx.config.cfg == 2 and self.card.guidance != "cfg":
+            raise ValueError(f"{self.card.name} uses {self.card.guidance} guidance (one branch): cfg=2 has no "
+                             "second branch to run; use the ranks for ulysses or ring instead")
         self.ctx = ctx
         self.dtype = dtype
         self.vae_mode = vae_mode
         self.fsdp = fsdp and ctx.world_size > 1
-        if self.fsdp and comps.text_encoder is None:
+        if self.fsdp and not comps.has_text_encoder:
             raise ValueError("with fsdp=True every rank needs the text encoder (it is sharded, not broadcast)")
         self.latent_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        for dit in (comps.transformer, comps.transformer_2):
-            if dit is not None:
-                parallelize(dit, ctx)
-                if self.fsdp:
-                    shard_weights(dit, list(dit.blocks), ctx)
-        if self.fsdp:
-            te = comps.text_encoder.model
-            shard_weights(te, list(te.encoder.block), ctx)
+        for dit in comps.denoisers():
+            parallelize(dit, ctx)
+            if self.fsdp:
+                shard_weights(dit, comps.fsdp_units(dit), ctx)
+        if self.fsdp and (te := comps.text_encoder_fsdp()) is not None:
+            shard_weights(te[0], te[1], ctx)
         # The decode uses every rank; the video lands on rank 0 only (others would hold it for nothing).
         parallelize(comps.vae, ctx, vae_mode=vae_mode, output="rank0")
 
@@ -120,132 +144,133 @@ class Pipeline:
         attention_backend: str = "auto",
         vae_mode: str = "auto",
         timeout: timedelta | None = None,
-        plan_for: tuple[int, int, int] = (480, 832, 81),
+        plan_for: tuple[int, int, int] | None = None,
         fsdp: bool = False,
         backend: str | None = None,
     ) -> "Pipeline":
-        """Load a built-in model (``"tiny"``) or a Wan checkpoint folder and set up the mesh.
+        """Load a built-in model or a checkpoint folder of any registered family and set up the mesh.
 
         Args:
             parallel: a ``ParallelConfig``; ``"auto"`` lets the planner choose for this world size (for videos of
-                ``plan_for`` = (height, width, frames)); None: Ulysses over every rank.
+                ``plan_for`` = (height, width, frames), default the model's own size); None: Ulysses over every rank.
             dtype: weights/compute dtype; default bf16 on CUDA, fp32 on CPU.
             vae_mode: parallel VAE decode layout (``"auto"``, ``"patch"``, ``"pipeline"``, ``"combined"``).
             timeout: for every collective (a dead rank then fails the others instead of hanging them).
             backend: process-group backend if vidpar creates the group (default nccl with CUDA, else gloo).
-            fsdp: shard the DiT and text-encoder weights over every rank (FSDP2); identical results, ~1/P of the
-                weight memory per GPU. Without it the text encoder lives on rank 0 only and its output is broadcast.
+            fsdp: shard the denoiser and text-encoder weights over every rank (FSDP2); identical results, ~1/P of
+                the weight memory per GPU. Without it the text encoder lives on rank 0 only and its output is
+                broadcast.
         """
-        source = check_source(path_or_name)  # every rank, before any collective or weight
-        ctx = init_parallel(_resolve_parallel(parallel, source, plan_for), backend=backend, timeout=timeout)
+        family, source = check_source(path_or_name)  # every rank, before any collective or weight
+        ctx = init_parallel(_resolve_parallel(parallel, family, source, plan_for), backend=backend, timeout=timeout)
         if dtype is None:
             dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
         holds_text_encoder = fsdp or ctx.rank == 0  # without FSDP rank 0 alone encodes and broadcasts
-        comps = ctx_agree(ctx, lambda: load_components(
-            source, dtype, ctx.device, holds_text_encoder, attention_backend, load_image_encoder=ctx.rank == 0))
+        comps = ctx_agree(ctx, lambda: family.load(
+            source, dtype=dtype, device=ctx.device, attention_backend=attention_backend,
+            load_text_encoder=holds_text_encoder, load_image_encoder=ctx.rank == 0))
         return cls(comps, ctx, dtype, vae_mode, fsdp)
 
     # ---- the steps of a generation ----
 
-    def validate(self, req: GenerationRequest, image: ImageInput | None = None) -> tuple[int, ...]:
-        """Check a request on this rank (identical everywhere): sizes, prompt lengths, scheduler name, and whether
-        the model takes an image and this one is usable."""
-        shape = latent_shape(self.comps, req)
-        check_prompts(self.comps.tokenizer, [req.prompt, req.negative_prompt], self.comps.text_len)
-        make_scheduler(req.scheduler, 1.0)
-        mode = self.comps.image_mode
-        if image is None and mode == "i2v":
+    def resolve(self, req: GenerationRequest) -> GenerationRequest:
+        """``req`` with the model's defaults filled in."""
+        return req.resolved(self.card)
+
+    def validate(self, req: GenerationRequest, image: Any = None) -> tuple[int, ...]:
+        """Check a request on this rank (identical everywhere): values, sizes, prompt lengths, scheduler, and
+        whether the model takes an image and this one is usable. Returns the latent shape ``[1, C, T, h, w]``."""
+        req = self.resolve(req)
+        check_request_values(req)
+        shape = self.card.geometry.latent_shape(req.height, req.width, req.num_frames)
+        self.comps.check_prompts([req.prompt, req.negative_prompt])
+        make_scheduler(req.scheduler, req.flow_shift)
+        self.comps.check_request(guidance_scale_2=req.guidance_scale_2)
+        if self.ctx.config.cfg == 2 and not self._two_branches(req):
+            raise ValueError(f"guidance_scale {req.guidance_scale} runs one branch: cfg=2 would compute it twice; "
+                             "use --cfg 1 (the ranks can go to ulysses or ring)")
+        kind = self.card.image
+        if image is None and kind == "required":
             raise ValueError("this is an image-to-video model: pass image=... (a PIL image, uint8 array or tensor)")
         if image is not None:
-            if mode == "t2v":
+            if kind == "none":
                 raise ValueError("this is a text-to-video model: it takes no image (image must be None)")
-            check_image(image, req.height, req.width)
-            if self.comps.transformer.config.image_pos_embed_len is not None:
-                raise ValueError("first-last-frame (FLF2V) models take two images; they are not supported yet")
-            if self.comps.transformer.config.image_dim is not None and self.comps.image_tokens is None:
-                raise ValueError(
-                    "this Wan 2.1 I2V model needs a CLIP image encoder, and its folder has none vidpar can load "
-                    f"(a diffusers folder's image_encoder/ + image_processor/; the official {OFFICIAL_CLIP} is not "
-                    "supported: convert the checkpoint to the diffusers layout)"
-                )
+            self.comps.check_image(image, req.height, req.width)
         return shape
 
-    def encode_text(self, req: GenerationRequest) -> torch.Tensor:
-        """``[2, L, text_dim]`` (prompt, negative prompt): encoded once on rank 0 and broadcast to all ranks
-        (with FSDP every rank takes part in the sharded encoder's forward instead)."""
+    def _two_branches(self, req: GenerationRequest) -> bool:
+        """Whether a step runs two guidance branches (CFG with a scale above 1, on either expert)."""
+        if self.card.guidance != "cfg":
+            return False
+        return req.guidance_scale > 1.0 or (req.guidance_scale_2 is not None and req.guidance_scale_2 > 1.0)
+
+    def encode_text(self, req: GenerationRequest) -> list[dict[str, torch.Tensor]]:
+        """``[cond]`` or ``[cond, uncond]`` prompt states (``comps.text_spec`` shapes): encoded once on rank 0 and
+        broadcast to all ranks (with FSDP every rank takes part in the sharded encoder's forward instead)."""
+        req = self.resolve(req)
+        prompts = [req.prompt, req.negative_prompt] if self._two_branches(req) else [req.prompt]
         if self.fsdp:
-            return ctx_agree(self.ctx, lambda: self.comps.text_encoder.encode(
-                [req.prompt, req.negative_prompt], self.comps.text_len)[0])
-        dim = self.comps.transformer.config.text_dim
-        states = torch.empty(2, self.comps.text_len, dim, device=self.ctx.device, dtype=self.dtype)
+            return ctx_agree(self.ctx, lambda: self.comps.encode_text(prompts))
+        spec = self.comps.text_spec(self.dtype)
+        states = [{k: s.empty(self.ctx.device) for k, s in spec.items()} for _ in prompts]
 
         def encode():
-            out, _ = self.comps.text_encoder.encode([req.prompt, req.negative_prompt], self.comps.text_len)
-            states.copy_(out)
+            for mine, theirs in zip(states, self.comps.encode_text(prompts)):
+                _copy_into(mine, theirs, spec)
 
         ctx_agree(self.ctx, encode, only_rank0=True)
-        return self.ctx.comm.broadcast(states, 0, "world")
+        return [self._broadcast(s) for s in states]
 
-    def encode_image(self, image: ImageInput, req: GenerationRequest, shape: tuple[int, ...]) -> ImageConditioning:
-        """The image's conditioning (see ``ImageConditioning``), computed once on rank 0 and broadcast.
+    def encode_image(self, image: Any, req: GenerationRequest, shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """The image's conditioning tensors (``comps.image_spec``), computed once on rank 0 and broadcast.
 
-        Rank 0 alone holds the CLIP encoder, and one VAE encode is cheap next to the denoise loop, so the other ranks
-        wait rather than repeat it; the broadcast also makes the conditioning bit-identical on every rank.
+        One VAE encode (and an image encoder, if the model has one) is cheap next to the denoise loop, so the other
+        ranks wait rather than repeat it; the broadcast also makes the conditioning bit-identical on every rank.
         """
-        comps, device, mode = self.comps, self.ctx.device, self.comps.image_mode
-        vae = comps.vae.config
-        cond = torch.empty(condition_shape(mode, vae.z_dim, vae.scale_factor_temporal, shape),
-                           device=device, dtype=self.latent_dtype)
-        states = None
-        if comps.transformer.config.image_dim is not None:
-            dims = (1, comps.image_tokens, comps.transformer.config.image_dim)
-            states = torch.empty(dims, device=device, dtype=self.dtype)
+        req = self.resolve(req)
+        spec = self.comps.image_spec(shape, self.dtype, self.latent_dtype)
+        tensors = {k: s.empty(self.ctx.device) for k, s in spec.items()}
 
         def encode():
-            with torch.no_grad():
-                if states is not None:
-                    states.copy_(comps.image_encoder.encode(image))
-                pixels = preprocess_image(image, req.height, req.width)
-                cond.copy_(encode_condition(comps.vae, pixels, mode, req.num_frames, self.latent_dtype))
+            out = self.comps.encode_image(image, req.height, req.width, req.num_frames, shape, self.dtype,
+                                          self.latent_dtype)
+            _copy_into(tensors, out, spec)
 
         ctx_agree(self.ctx, encode, only_rank0=True)
-        cond = self.ctx.comm.broadcast(cond, 0, "world")
-        if states is not None:
-            states = self.ctx.comm.broadcast(states, 0, "world")
-        return ImageConditioning(mode, cond, states)
+        return self._broadcast(tensors)
+
+    def _broadcast(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: self.ctx.comm.broadcast(v, 0, "world") for k, v in tensors.items()}
 
     def denoise(
         self,
         latents: torch.Tensor,
-        text: torch.Tensor,
+        text: list[dict[str, torch.Tensor]],
         req: GenerationRequest,
         checkpoint: DenoiseCheckpoint | None = None,
         stop: StopRequest | None = None,
         progress: bool = False,
-        image: ImageConditioning | None = None,
+        image: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Run the sampler. latents ``[1, z, T, h, w]`` full on every rank; returns the final latents.
+        """Run the sampler. latents ``[1, C, T, h, w]`` full on every rank; returns the final latents (after
+        ``comps.finalize_latents``, e.g. the image latent imposed on frame 0 for Wan TI2V).
 
-        ``image``: the image conditioning (``encode_image``); for TI2V the returned latents' first frame is the image
-        latent, as in diffusers."""
-        comps = self.comps
-        sched = make_scheduler(req.scheduler, req.flow_shift or comps.flow_shift)
+        ``text``: ``encode_text``'s states; ``image``: ``encode_image``'s conditioning (or None)."""
+        req = self.resolve(req)
+        sched = make_scheduler(req.scheduler, req.flow_shift)
         sched.set_timesteps(req.num_steps, device=self.ctx.device)
         start = 0
         if checkpoint is not None and (state := checkpoint.load()) is not None:
             start = int(state["step"])
             latents = state["latents"].to(device=latents.device, dtype=latents.dtype)
             sched.load_state_dict(_to_device(state["scheduler"], self.ctx.device))
-        cond, uncond = text[:1], text[1:]
-        boundary = comps.boundary_ratio * sched.num_train_timesteps if comps.boundary_ratio else None
         bar = _progress(req.num_steps, start) if progress and self.ctx.rank == 0 else None
         for i in range(start, req.num_steps):
             t = sched.timesteps[i]
-            low_noise = boundary is not None and comps.transformer_2 is not None and t.item() < boundary
-            model = comps.transformer_2 if low_noise else comps.transformer
-            scale = (req.guidance_scale_2 or req.guidance_scale) if low_noise else req.guidance_scale
+            step = StepInfo(i, req.num_steps, t, sched.num_train_timesteps)
+            scale = self.comps.guidance_scale(step, req.guidance_scale, req.guidance_scale_2)
             with torch.no_grad():
-                flow = self._guided_flow(model, latents, t, cond, uncond, scale, image)
+                flow = self._guided_flow(latents, step, text, image, scale)
             latents = sched.step(flow, t, latents)
             if bar is not None:
                 bar.update(1)
@@ -258,25 +283,23 @@ class Pipeline:
                 raise GenerationInterrupted(i + 1, checkpoint.path if checkpoint else None)
         if bar is not None:
             bar.close()
-        return latents if image is None else image.impose(latents)
+        return self.comps.finalize_latents(latents, image)
 
-    def _guided_flow(self, model, latents, t, cond, uncond, scale: float, image=None) -> torch.Tensor:
-        """Classifier-free guidance; with cfg=2 the two branches run on the two cfg rank groups."""
-        if image is None:
-            x, img = latents.to(self.dtype), None
-            ts = t.reshape(1).to(torch.float32).expand(x.shape[0])
-        else:  # the conditioning enters the input (channels or first frame) and, for TI2V, the timesteps
-            x, img = image.model_input(latents).to(self.dtype), image.image_states
-            ts = image.timestep(t, latents, model.config.patch_size)
-        if scale <= 1.0:
-            return model(x, ts, cond, img).to(latents.dtype)
+    def _guided_flow(self, latents, step: StepInfo, text, image, scale: float) -> torch.Tensor:
+        """Classifier-free guidance; with cfg=2 the two branches run on the two cfg rank groups. Embedded-guidance
+        models and scales <= 1 run the conditional branch alone."""
+        predict = self.comps.predict_flow
+        if self.card.guidance != "cfg" or scale <= 1.0 or len(text) == 1:
+            return predict(latents, step, text[0], image, scale)
+        uncond = replace(step, branch="uncond")
         if self.ctx.config.cfg == 2:
-            mine = cond if self.ctx.coords["cfg"] == 0 else uncond
-            both = self.ctx.comm.all_gather(model(x, ts, mine, img).to(latents.dtype).contiguous(), "cfg")
+            mine = (step, text[0]) if self.ctx.coords["cfg"] == 0 else (uncond, text[1])
+            flow = predict(latents, mine[0], mine[1], image, scale).contiguous()
+            both = self.ctx.comm.all_gather(flow, "cfg")
             flow_c, flow_u = both[0], both[1]
         else:
-            flow_c = model(x, ts, cond, img).to(latents.dtype)
-            flow_u = model(x, ts, uncond, img).to(latents.dtype)
+            flow_c = predict(latents, step, text[0], image, scale)
+            flow_u = predict(latents, uncond, text[1], image, scale)
         return flow_u + scale * (flow_c - flow_u)
 
     def _any_rank(self, flag: bool) -> bool:
@@ -291,40 +314,42 @@ class Pipeline:
             video = vae.decode(z)  # the full video on rank 0, None elsewhere
         frames = to_uint8_frames(video[0]) if self.ctx.rank == 0 else None
         if output == "all" and self.ctx.world_size > 1:
-            cfg = self.comps.vae.config
+            geo = self.card.geometry
             t, h, w = z.shape[2:]
-            st, ss = cfg.scale_factor_temporal, cfg.scale_factor_spatial
-            shape = (1 + st * (t - 1), h * ss, w * ss, 3)
+            shape = (geo.video_frames(t), h * geo.spatial_stride, w * geo.spatial_stride, 3)
             buf = torch.from_numpy(frames) if frames is not None else torch.empty(shape, dtype=torch.uint8)
             frames = self.ctx.comm.broadcast(buf.to(self.ctx.device), 0, "world").cpu().numpy()
-        return Video(frames)
+        return Video(frames, fps=self.card.defaults.fps)
 
     def generate(
         self,
         prompt: str,
         negative_prompt: str | None = None,
         *,
-        height: int = 480,
-        width: int = 832,
-        num_frames: int = 81,
-        num_steps: int = 50,
-        guidance_scale: float = 5.0,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
         guidance_scale_2: float | None = None,
         seed: int = 0,
-        scheduler: str = "unipc",
+        scheduler: str | None = None,
         flow_shift: float | None = None,
         output: str = "rank0",
         checkpoint_dir: str | Path | None = None,
         checkpoint_every: int = 1,
         stop: StopRequest | None = None,
         progress: bool = False,
-        image: ImageInput | None = None,
+        image: Any = None,
     ) -> Video:
         """Generate one clip. Same arguments on every rank; returns a ``Video`` (frames on rank 0 by default).
 
-        ``image``: the first frame for image-to-video models (required by Wan 2.1 I2V / Wan 2.2 I2V A14B, optional
-        for Wan 2.2 TI2V-5B, refused by text-to-video models): a PIL image or uint8 array ``[H, W, 3]`` (resized to
-        ``height`` x ``width`` as diffusers does) or a float tensor ``[3, height, width]`` in [0, 1].
+        Settings left as None take the model's own defaults (``pipe.card.defaults``: its size, frames, steps and
+        guidance; ``pipe.card.sampler``: the checkpoint's scheduler and shift).
+
+        ``image``: the first frame for image-to-video models (required by I2V models, optional for Wan 2.2
+        TI2V-5B, refused by text-to-video models): a PIL image or uint8 array ``[H, W, 3]`` (resized to
+        ``height`` x ``width``) or a float tensor ``[3, height, width]`` in [0, 1].
 
         ``checkpoint_dir``: snapshot latents + scheduler state every ``checkpoint_every`` steps and resume from an
         existing snapshot of the same request; ``stop`` (see ``StopRequest``) ends the run after the current step
@@ -332,20 +357,20 @@ class Pipeline:
         """
         if output not in ("rank0", "all"):
             raise ValueError(f"output must be 'rank0' or 'all', got {output!r}")
-        req = GenerationRequest(
-            prompt, negative_prompt or "", height, width, num_frames, num_steps, guidance_scale,
-            guidance_scale_2, seed, scheduler, flow_shift,
-        )
+        req = self.resolve(GenerationRequest(
+            prompt, negative_prompt, height, width, num_frames, num_steps, guidance_scale, guidance_scale_2, seed,
+            scheduler, flow_shift,
+        ))
         shape = self.validate(req, image)
         ckpt = None
         if checkpoint_dir is not None:
-            key = {**asdict(req), "model": self.comps.name}
+            key = {**asdict(req), "model": self.card.name}
             if image is not None:  # a snapshot must not be resumed with another image
-                key["image"] = image_digest(preprocess_image(image, height, width))
+                key["image"] = self.comps.image_digest(image, req.height, req.width)
             ckpt = DenoiseCheckpoint(Path(checkpoint_dir), checkpoint_every, key)
         text = self.encode_text(req)
         cond = self.encode_image(image, req, shape) if image is not None else None
-        latents = initial_noise(shape, seed, self.ctx.device, self.latent_dtype)
+        latents = initial_noise(shape, req.seed, self.ctx.device, self.latent_dtype)
         latents = self.denoise(latents, text, req, ckpt, stop, progress, cond)
         video = self.decode(latents, output)
         if ckpt is not None:
@@ -353,6 +378,16 @@ class Pipeline:
             if self.ctx.rank == 0:
                 ckpt.clear()
         return video
+
+
+def _copy_into(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], spec: dict[str, TensorSpec]) -> None:
+    """Copy a family's output into the pre-shaped buffers, refusing any shape that differs from its spec."""
+    if set(src) != set(spec):
+        raise ValueError(f"the model returned {sorted(src)}, its spec promises {sorted(spec)}")
+    for k, t in src.items():
+        if tuple(t.shape) != spec[k].shape:
+            raise ValueError(f"{k}: the model returned shape {tuple(t.shape)}, its spec promises {spec[k].shape}")
+        dst[k].copy_(t)
 
 
 def ckpt_done_barrier(ctx: ParallelContext) -> None:
@@ -385,7 +420,7 @@ def ctx_agree(ctx: ParallelContext, fn, only_rank0: bool = False):
     return result
 
 
-def _resolve_parallel(parallel, source, plan_for: tuple[int, int, int]) -> ParallelConfig:
+def _resolve_parallel(parallel, family, source, plan_for: tuple[int, int, int] | None) -> ParallelConfig:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if parallel is None:
         return ParallelConfig(ulysses=world)
@@ -394,6 +429,9 @@ def _resolve_parallel(parallel, source, plan_for: tuple[int, int, int]) -> Paral
     if parallel == "auto":
         from vidpar.plan_cli import auto_parallel_config_for  # planner: ranks layouts for this model and world
 
+        if plan_for is None:
+            d = family.card(source).defaults
+            plan_for = (d.height, d.width, d.num_frames)
         height, width, frames = plan_for
         return auto_parallel_config_for(source, world, height=height, width=width, frames=frames)
     raise ValueError(f"parallel must be a ParallelConfig, 'auto' or None, got {parallel!r}")
@@ -407,4 +445,4 @@ def _progress(total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="denoise", unit="step")
 
 
-__all__ = ["GenerationRequest", "Pipeline", "initial_noise", "latent_shape"]
+__all__ = ["GenerationRequest", "Pipeline", "check_request_values", "initial_noise"]

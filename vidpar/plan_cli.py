@@ -19,8 +19,8 @@ __all__ = ["add_plan_arguments", "auto_parallel_config", "auto_parallel_config_f
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``vidpar plan`` options to ``parser``."""
     parser.add_argument("--model", required=True,
-                        help="built-in name (wan2.1-t2v-14b, wan2.1-t2v-1.3b, wan2.2-t2v-a14b, wan2.2-ti2v-5b, ...) "
-                             "or a checkpoint folder with a DiT config.json")
+                        help="a released configuration (wan2.1-t2v-14b, wan2.1-t2v-1.3b, wan2.2-t2v-a14b, "
+                             "wan2.2-ti2v-5b, ...), a built-in model, or a checkpoint folder (its config files suffice)")
     parser.add_argument("--height", type=int, default=720, help="video height in pixels (default 720)")
     parser.add_argument("--width", type=int, default=1280, help="video width in pixels (default 1280)")
     parser.add_argument("--frames", type=int, default=81, help="video frames, 4k+1 (default 81)")
@@ -122,12 +122,7 @@ def auto_parallel_config_for(
         gpus_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     if gpu is None:
         gpu = _local_gpu_kind() or "h100"
-    model = str(source)
-    if model == "tiny":  # the pipeline's built-in test model
-        from vidpar.models.wan.builtin import tiny_transformer_config
-
-        model = tiny_transformer_config()
-    return auto_parallel_config(model, height, width, frames, world_size, gpus_per_node, gpu=gpu, **options)
+    return auto_parallel_config(str(source), height, width, frames, world_size, gpus_per_node, gpu=gpu, **options)
 
 
 def _local_gpu_kind() -> str | None:

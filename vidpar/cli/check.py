@@ -1,7 +1,8 @@
 """``vidpar check``: the built-in parity mode.
 
-One DiT forward on a seeded random latent, timestep and text states: the model parallelized on the current mesh
-against the same model with its plan removed (``vidpar.unparallelize``), run on rank 0 alone. Prints the max
+One denoiser forward (any model family) on a seeded random latent, timestep and prompt states (and image
+conditioning for image-to-video models), shaped as the model's card and specs say: the model parallelized on the
+current mesh against the same model with its plan removed (``vidpar.unparallelize``), run on rank 0 alone. Prints the max
 absolute and relative difference and exits 1 above the tolerance (default: 1e-5 fp32, 2e-2 bf16/fp16, 1e-12
 float64 — the project's parity tolerances).
 """
@@ -16,10 +17,10 @@ import time
 import torch
 
 from vidpar.launch_env import apply_launch_env
-from vidpar.models.wan.components import check_source
+from vidpar.models.family import StepInfo
 
 from .common import (
-    DTYPES, EXIT_FAILED, EXIT_OK, UsageError, add_model_arguments, finish_distributed, model_configs,
+    DTYPES, EXIT_FAILED, EXIT_OK, UsageError, add_model_arguments, check_model, finish_distributed,
     parallel_config, report_failure, setup_logging, timeout_of, usage_error,
 )
 
@@ -37,14 +38,18 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _inputs(pipe, shape: tuple[int, ...], seed: int):
-    """Seeded latent ``[1, z, T, h, w]``, timestep ``[1]`` and text states ``[1, L, text_dim]``, same on every rank."""
+    """Seeded latent ``[1, C, T, h, w]``, step, prompt states and (image-to-video) conditioning, the same on every
+    rank: drawn on the CPU from ``seed`` with the shapes of the model's specs."""
     g = torch.Generator().manual_seed(seed)
-    cfg = pipe.comps.transformer.config
-    x = torch.randn(shape, generator=g, dtype=torch.float64)
-    t = torch.rand(1, generator=g, dtype=torch.float64) * 1000
-    text = torch.randn(1, pipe.comps.text_len, cfg.text_dim, generator=g, dtype=torch.float64)
-    dev = pipe.ctx.device
-    return x.to(dev, pipe.dtype), t.to(dev, torch.float32), text.to(dev, pipe.dtype)
+    dev, comps = pipe.ctx.device, pipe.comps
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dev, pipe.latent_dtype)
+    t = (torch.rand(1, generator=g, dtype=torch.float64) * 1000).to(dev, torch.float32)[0]
+    text = {k: s.example(g, dev) for k, s in comps.text_spec(pipe.dtype).items()}
+    image = None
+    if pipe.card.image == "required":
+        spec = comps.image_spec(shape, pipe.dtype, pipe.latent_dtype)
+        image = {k: s.example(g, dev) for k, s in spec.items()}
+    return x, StepInfo(0, 1, t), text, image
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -53,32 +58,35 @@ def run_check(args: argparse.Namespace) -> int:
     rank = launch.rank
     log = setup_logging(rank, args.verbose)
     try:
-        source = check_source(args.model)
-        configs = model_configs(source)
+        _family, source, card = check_model(args.model)
+        shape = card.geometry.latent_shape(args.height, args.width, args.frames)
         config = parallel_config(args, launch.world_size, source, (args.height, args.width, args.frames))
         timeout = timeout_of(args)
     except (UsageError, ValueError) as e:
         return usage_error(rank, "vidpar check", e, args.verbose)
     try:
         from vidpar.parallelize import unparallelize
-        from vidpar.pipeline import GenerationRequest, Pipeline, latent_shape
+        from vidpar.pipeline import Pipeline
 
         pipe = Pipeline.from_pretrained(source, parallel=config, dtype=DTYPES[args.dtype],
                                         attention_backend=args.attention_backend, backend=args.backend,
                                         timeout=timeout)
-        req = GenerationRequest("", height=args.height, width=args.width, num_frames=args.frames, num_steps=1)
-        shape = latent_shape(configs or pipe.comps, req)
-        x, t, text = _inputs(pipe, shape, args.seed)
-        model, ctx = pipe.comps.transformer, pipe.ctx
+        x, step, text, image = _inputs(pipe, shape, args.seed)
+        ctx = pipe.ctx
+
+        def forward():
+            return pipe.comps.predict_flow(x, step, text, image, 1.0)
+
         with torch.no_grad():
             t0 = time.perf_counter()
-            out = model(x, t, text)  # full output on every rank
+            out = forward()  # full output on every rank
             t_mesh = time.perf_counter() - t0
-            unparallelize(model)
+            for dit in pipe.comps.denoisers():
+                unparallelize(dit)
             verdict = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # abs, rel, one-rank seconds
             if rank == 0:
                 t0 = time.perf_counter()
-                ref = model(x, t, text)
+                ref = forward()
                 verdict[2] = time.perf_counter() - t0
                 diff = (out.double() - ref.double()).abs().max()
                 verdict[0], verdict[1] = diff, diff / ref.double().abs().max().clamp_min(1e-300)

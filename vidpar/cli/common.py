@@ -8,7 +8,6 @@ import logging
 import sys
 import traceback
 from datetime import timedelta
-from types import SimpleNamespace
 
 import torch
 
@@ -26,7 +25,9 @@ class UsageError(ValueError):
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, the mesh degrees, dtype, attention backend and the distributed options."""
-    parser.add_argument("--model", required=True, help="built-in name ('tiny') or a Wan checkpoint folder")
+    parser.add_argument("--model", required=True,
+                        help="built-in name (tiny, tiny-shapes) or a checkpoint folder of a supported family "
+                             "(official or diffusers layout; 'vidpar info --model X' shows what it is)")
     mesh = parser.add_argument_group("mesh (degrees multiply to the number of processes)")
     mesh.add_argument("--ulysses", type=int, default=None, help="Ulysses (all-to-all over heads) degree")
     mesh.add_argument("--ring", type=int, default=None, help="ring-attention degree")
@@ -78,35 +79,15 @@ def parallel_config(args: argparse.Namespace, world_size: int, source, video: tu
     return config
 
 
-def model_configs(source) -> SimpleNamespace | None:
-    """The DiT and VAE configs of a model source without loading weights, shaped like ``WanComponents`` for
-    ``latent_shape`` (``.transformer.config``, ``.vae.config``); None where they cannot be read cheaply (the
-    pipeline then validates the sizes after loading, still before any collective)."""
-    import json
-    from pathlib import Path
+def check_model(name: str):
+    """``(family, source, card)`` of ``--model`` (built-in name or folder), validated without weights."""
+    from vidpar.models.registry import check_source
 
-    from vidpar.models.wan.transformer_config import WanTransformerConfig
-    from vidpar.models.wan.vae_config import WanVAEConfig
-
-    dit = vae = None
-    if source == "tiny":
-        from vidpar.models.wan.builtin import tiny_transformer_config, tiny_vae_config
-
-        dit, vae = tiny_transformer_config(), tiny_vae_config()
-    else:
-        path = Path(source)
-        try:
-            if (path / "model_index.json").is_file():
-                dit = WanTransformerConfig.from_diffusers_config(json.loads((path / "transformer/config.json").read_text()))
-                vae = WanVAEConfig.from_dict(json.loads((path / "vae/config.json").read_text()))
-            elif (path / "config.json").is_file():
-                dit = WanTransformerConfig.from_official_config(json.loads((path / "config.json").read_text()))
-                vae = WanVAEConfig.wan22() if (path / "Wan2.2_VAE.pth").is_file() else WanVAEConfig.wan21()
-        except (ValueError, KeyError, TypeError, OSError):
-            return None
-    if dit is None or vae is None:
-        return None
-    return SimpleNamespace(transformer=SimpleNamespace(config=dit), vae=SimpleNamespace(config=vae))
+    try:
+        family, source = check_source(name)
+        return family, source, family.card(source)
+    except (ValueError, OSError) as e:
+        raise UsageError(str(e)) from None
 
 
 def setup_logging(rank: int, verbose: bool) -> logging.Logger:

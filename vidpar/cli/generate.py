@@ -22,11 +22,10 @@ import torch
 
 from vidpar.checkpoint import REQUEUE_EXIT_CODE, GenerationInterrupted, StopRequest
 from vidpar.launch_env import apply_launch_env
-from vidpar.models.wan.components import check_source
 from vidpar.video import check_output_path
 
 from .common import (
-    DTYPES, EXIT_FAILED, EXIT_OK, VAE_MODES, UsageError, add_model_arguments, finish_distributed, model_configs,
+    DTYPES, EXIT_FAILED, EXIT_OK, VAE_MODES, UsageError, add_model_arguments, check_model, finish_distributed,
     parallel_config, report_failure, setup_logging, timeout_of, usage_error,
 )
 
@@ -41,23 +40,24 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--prompt", help="the text prompt")
     what.add_argument("--prompts", metavar="FILE", help="a file with one prompt per line (model loaded once)")
-    parser.add_argument("--negative-prompt", default="", help="negative prompt (default empty)")
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt (default: the model's, usually empty)")
     parser.add_argument("--image", default=None, metavar="FILE",
-                        help="first frame for image-to-video models (Wan 2.1 I2V, 2.2 I2V A14B, TI2V-5B)")
+                        help="first frame for image-to-video models (see 'vidpar info --model X')")
     parser.add_argument("--out", required=True,
                         help="output .mp4, .npy (raw uint8 frames) or a folder name (PNGs). With --prompts: "
                              "'{index}' in the name is replaced (e.g. out_{index:03d}.mp4), otherwise _000, _001, ... "
                              "is added before the suffix")
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--frames", type=int, default=81, help="4k+1 frames (default 81)")
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    parser.add_argument("--guidance-scale", type=float, default=5.0)
-    parser.add_argument("--guidance-scale-2", type=float, default=None, help="low-noise expert (Wan 2.2 A14B)")
+    own = parser.add_argument_group("sampling (each defaults to the model's own: 'vidpar info --model X')")
+    own.add_argument("--height", type=int, default=None)
+    own.add_argument("--width", type=int, default=None)
+    own.add_argument("--frames", type=int, default=None, help="video frames (the model's frame rule, e.g. 4k+1)")
+    own.add_argument("--steps", type=int, default=None, help="denoising steps")
+    own.add_argument("--guidance-scale", type=float, default=None)
+    own.add_argument("--guidance-scale-2", type=float, default=None, help="second expert's scale (Wan 2.2 A14B)")
+    own.add_argument("--scheduler", default=None, choices=("unipc", "euler"), help="default: the checkpoint's")
+    own.add_argument("--flow-shift", type=float, default=None, help="default: the checkpoint's")
+    own.add_argument("--fps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scheduler", default="unipc", choices=("unipc", "euler"))
-    parser.add_argument("--flow-shift", type=float, default=None, help="default: the model's")
-    parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--vae-mode", choices=VAE_MODES, default="auto", help="parallel VAE decode layout")
     parser.add_argument("--checkpoint-dir", default=None,
                         help="snapshot the denoising state here (shared by all nodes); rerunning the same command "
@@ -102,26 +102,46 @@ def output_path(template: str, index: int, many: bool) -> Path:
     return path.with_name(f"{path.stem}_{index:03d}{path.suffix}")
 
 
-def plan_jobs(args: argparse.Namespace, world_size: int):
-    """Validate everything that can be checked without weights or collectives; returns (source, config, jobs)."""
-    for name in ("height", "width", "frames", "steps", "checkpoint_every", "fps"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.image is not None and not os.path.isfile(args.image):
-        raise UsageError(f"--image {args.image}: no such file")
+def resolve_request(args: argparse.Namespace, card):
+    """The request ``args`` describe, every unset sampling flag filled from the model's card; ``UsageError`` for
+    values the model cannot use (checked without weights)."""
+    from vidpar.pipeline import GenerationRequest, check_request_values
+
+    req = GenerationRequest(
+        "", args.negative_prompt, args.height, args.width, args.frames, args.steps, args.guidance_scale,
+        args.guidance_scale_2, args.seed, args.scheduler, args.flow_shift,
+    ).resolved(card)
     try:
-        source = check_source(args.model)
+        check_request_values(req)
+        card.geometry.latent_shape(req.height, req.width, req.num_frames)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    configs = model_configs(source)
-    if configs is not None:
-        from vidpar.pipeline import GenerationRequest, latent_shape
+    if args.guidance_scale_2 is not None and card.experts < 2:
+        raise UsageError(f"--guidance-scale-2 is for two-expert models; {card.name} has one denoiser")
+    if card.image == "required" and args.image is None:
+        raise UsageError(f"{card.name} is an image-to-video model: give --image FILE")
+    if card.image == "none" and args.image is not None:
+        raise UsageError(f"{card.name} is a text-to-video model: it takes no --image")
+    return req
 
-        req = GenerationRequest("", height=args.height, width=args.width, num_frames=args.frames, num_steps=args.steps)
-        try:
-            latent_shape(configs, req)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+
+def plan_jobs(args: argparse.Namespace, world_size: int):
+    """Validate everything that can be checked without weights or collectives; returns (source, config, jobs).
+
+    Sampling flags left out take the model's own defaults (its card); ``args`` is updated with them, so every
+    later step (and the log) sees the values that run."""
+    for name in ("height", "width", "frames", "steps", "checkpoint_every", "fps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.image is not None and not os.path.isfile(args.image):
+        raise UsageError(f"--image {args.image}: no such file")
+    _family, source, card = check_model(args.model)
+    req = resolve_request(args, card)
+    args.height, args.width, args.frames, args.steps = req.height, req.width, req.num_frames, req.num_steps
+    args.guidance_scale, args.guidance_scale_2 = req.guidance_scale, req.guidance_scale_2
+    args.scheduler, args.flow_shift, args.negative_prompt = req.scheduler, req.flow_shift, req.negative_prompt
+    args.fps = args.fps or card.defaults.fps
     config = parallel_config(args, world_size, source, (args.height, args.width, args.frames))
     timeout_of(args)
     prompts = read_prompts(args)
@@ -214,7 +234,9 @@ def run_generate(args: argparse.Namespace) -> int:
                                         backend=args.backend, timeout=timeout_of(args))
         for hook in debug_hooks(rank):
             pipe.comps.transformer.register_forward_pre_hook(hook)
-        log.info("loaded %s (%s) in %.1f s", args.model, pipe.dtype, time.perf_counter() - t0)
+        log.info("loaded %s (%s) in %.1f s; %dx%d, %d frames, %d steps, guidance %g, %s shift %g", args.model,
+                 pipe.dtype, time.perf_counter() - t0, args.width, args.height, args.frames, args.steps,
+                 args.guidance_scale, args.scheduler, args.flow_shift)
         todo = pending_jobs(jobs, pipe.ctx, args.checkpoint_dir is not None)
         for job in jobs:
             if job not in todo:

@@ -1,4 +1,6 @@
-"""``vidpar info``: versions, devices, attention backends and the launcher this process sees."""
+"""``vidpar info``: versions, devices, attention backends and the launcher this process sees; with ``--model X``,
+what that model is (family, geometry, defaults, sampler, limits, parameter counts) — read from its configs, no
+weights loaded."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import sys
 
 import torch
 
@@ -19,7 +22,47 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_A
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="describe this model (built-in name or checkpoint folder)")
     parser.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def model_info(name: str) -> dict:
+    """The card of a model as plain values, plus its planner counts (``ValueError`` if it is not usable)."""
+    from vidpar.models.registry import model_card
+
+    card = model_card(name)
+    info = card.to_dict()
+    geo = card.geometry
+    info["limits"] = {
+        "frames": f"{geo.temporal_stride}k+1",
+        "height/width": f"multiples of {geo.spatial_stride * geo.patch[1]} / {geo.spatial_stride * geo.patch[2]}",
+        "prompt tokens": card.text_len,
+    }
+    if card.workload is not None:
+        dit = card.workload.config
+        info["denoiser"] = {"parameters": dit.params, "layers": dit.num_layers, "heads": dit.num_heads,
+                            "dim": dit.dim, "experts": card.workload.experts}
+    return info
+
+
+def format_model_info(info: dict) -> str:
+    d, s = info["defaults"], info["sampler"]
+    lines = [f"model: {info['name']} (family {info['family']})",
+             f"defaults: {d['width']}x{d['height']}, {d['num_frames']} frames, {d['num_steps']} steps, guidance "
+             f"{d['guidance_scale']}" + (f" / {d['guidance_scale_2']}" if d["guidance_scale_2"] is not None else "")
+             + f", {d['fps']} fps",
+             f"sampler: {s['name']}, shift {s['shift']}; guidance: {info['guidance']}; image input: {info['image']}",
+             "limits: " + ", ".join(f"{k} {v}" for k, v in info["limits"].items()),
+             f"latent: {info['geometry']['channels']} channels, strides {info['geometry']['temporal_stride']}x"
+             f"{info['geometry']['spatial_stride']}x{info['geometry']['spatial_stride']}, patch "
+             f"{tuple(info['geometry']['patch'])}"]
+    if "denoiser" in info:
+        n = info["denoiser"]
+        count = f"{n['parameters'] / 1e9:.2f} B" if n["parameters"] >= 1e8 else f"{n['parameters'] / 1e6:.2f} M"
+        lines.append(f"denoiser: {count} parameters, {n['layers']} layers, {n['heads']} heads, "
+                     f"dim {n['dim']}" + (f", {n['experts']} experts" if n["experts"] > 1 else ""))
+    lines += [f"note: {note}" for note in info["notes"]]
+    return "\n".join(lines)
 
 
 def collect_info() -> dict:
@@ -67,6 +110,14 @@ def format_info(info: dict) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        try:
+            info = model_info(args.model)
+        except (ValueError, OSError) as e:
+            print(f"vidpar info: error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(info, indent=1) if args.json else format_model_info(info))
+        return 0
     info = collect_info()
     print(json.dumps(info, indent=1) if args.json else format_info(info))
     return 0

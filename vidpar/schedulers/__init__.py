@@ -1,10 +1,11 @@
-"""Flow-matching samplers for Wan (pure torch; diffusers is only a test reference)."""
+"""Flow-matching samplers (pure torch; diffusers is only a test reference)."""
 
 from __future__ import annotations
 
 from ._base import FlowSchedulerBase
 from .flow_euler import FlowEulerScheduler
 from .flow_unipc import FlowUniPCScheduler
+from .from_config import sampler_from_config
 
 SCHEDULERS: dict[str, type[FlowSchedulerBase]] = {"unipc": FlowUniPCScheduler, "euler": FlowEulerScheduler}
 
@@ -16,4 +17,4 @@ def make_scheduler(name: str, flow_shift: float, num_train_timesteps: int = 1000
     return SCHEDULERS[name](flow_shift=flow_shift, num_train_timesteps=num_train_timesteps)
 
 
-__all__ = ["FlowEulerScheduler", "FlowSchedulerBase", "FlowUniPCScheduler", "SCHEDULERS", "make_scheduler"]
+__all__ = ["FlowEulerScheduler", "FlowSchedulerBase", "FlowUniPCScheduler", "SCHEDULERS", "make_scheduler", "sampler_from_config"]

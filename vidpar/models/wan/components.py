@@ -21,7 +21,11 @@ from pathlib import Path
 
 import torch
 
+from vidpar.models.family import ModelDefaults
+
+from .card import folder_defaults, image_kind
 from .image_conditioning import WanImageEncoder, clip_num_tokens
+from .runtime import OFFICIAL_CLIP, WanRuntime
 from .text_encoder import WanTextEncoder, load_tokenizer
 from .transformer import WanTransformer3D
 from .vae import WanVAE
@@ -31,15 +35,16 @@ BUILTIN_NAMES = ("tiny", "tiny-shapes")
 PACKAGED_MODELS = {"tiny-shapes": Path(__file__).resolve().parents[2] / "assets" / "tiny-shapes"}
 OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 OFFICIAL_TOKENIZER = "google/umt5-xxl"
-OFFICIAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 # Official Wan 2.2 defaults (wan/configs/wan_*_A14B.py): expert boundary and sample shift.
 OFFICIAL_A14B = {"t2v": (0.875, 12.0), "i2v": (0.900, 5.0)}
 
 
 @dataclass
-class WanComponents:
-    """Loaded parts. ``text_encoder`` and ``image_encoder`` are None on ranks that do not run them (the tokenizer
-    and ``image_tokens``, the CLIP state count, are everywhere)."""
+class WanComponents(WanRuntime):
+    """Loaded parts, and (through ``WanRuntime``) the family seam's ``LoadedModel``. ``text_encoder`` and
+    ``image_encoder`` are None on ranks that do not run them (the tokenizer and ``image_tokens``, the CLIP state
+    count, are everywhere). ``scheduler``/``flow_shift`` are the checkpoint's sampler, ``defaults`` its generation
+    defaults (None: diffusers' pipeline defaults, or the ``tiny`` test clip)."""
 
     transformer: WanTransformer3D
     vae: WanVAE
@@ -52,6 +57,8 @@ class WanComponents:
     image_encoder: WanImageEncoder | None = None  # CLIP (Wan 2.1 I2V), on the ranks that run it
     image_tokens: int | None = None  # its states' token count, known on every rank; None: no image encoder
     expand_timesteps: bool = False  # Wan 2.2 TI2V-5B: the image latent replaces the first latent frame
+    scheduler: str = "unipc"
+    defaults: ModelDefaults | None = None
 
     @property
     def text_len(self) -> int:
@@ -61,15 +68,13 @@ class WanComponents:
     def image_mode(self) -> str:
         """``"i2v"`` (36-channel input: noise + mask + image latent), ``"ti2v"`` (image optional, replaces the first
         latent frame) or ``"t2v"`` (no image). Raises ``ValueError`` for a channel count that fits none."""
-        cin, z = self.transformer.config.in_channels, self.vae.config.z_dim
-        if cin == z:
-            return "ti2v" if self.expand_timesteps else "t2v"
-        if cin == 2 * z + self.vae.config.scale_factor_temporal and not self.expand_timesteps:
-            return "i2v"
-        raise ValueError(
-            f"the DiT takes {cin} input channels, which fits neither text-to-video ({z}) nor image-to-video "
-            f"({2 * z + self.vae.config.scale_factor_temporal} = noise + mask + image latent) with a {z}-channel VAE"
-        )
+        kind = image_kind(self.transformer.config, self.vae.config, self.expand_timesteps)
+        return {"none": "t2v", "required": "i2v", "optional": "ti2v"}[kind]
+
+
+def display_name(source: str | Path) -> str:
+    """A checked source's name: a built-in name (also for the packaged folders) or the folder path."""
+    return next((n for n, p in PACKAGED_MODELS.items() if p == source), str(source))
 
 
 def check_source(source: str | Path) -> Path | str:
@@ -118,11 +123,12 @@ def load_components(
         from .builtin import build_tiny
 
         dit, vae, te, tok = build_tiny(load_text_encoder=load_text_encoder, attention_backend=attention_backend)
-        comps = WanComponents(dit, vae, te, tok, flow_shift=3.0, name="tiny")
+        comps = WanComponents(dit, vae, te, tok, flow_shift=3.0, name="tiny")  # defaults: the tiny test clip
     elif (source / "model_index.json").is_file():
         comps = _load_diffusers(source, dtype, load_text_encoder, attention_backend, load_image_encoder)
     else:
         comps = _load_official(source, dtype, load_text_encoder, attention_backend)
+    comps.name = display_name(source)
     # bf16/fp16 VAEs are slow or unsupported on CPU; float64 (exact-comparison runs) is kept everywhere.
     vae_dtype = torch.float32 if torch.device(device).type == "cpu" and dtype != torch.float64 else dtype
     comps.transformer.to(device=device, dtype=dtype)
@@ -157,33 +163,35 @@ def _load_diffusers(
     dit_2 = None
     if (path / "transformer_2").is_dir() and index.get("transformer_2", [None])[0] is not None:
         dit_2 = WanTransformer3D.from_pretrained(path / "transformer_2", dtype=dtype, attention_backend=backend)
-    sched_file = path / "scheduler" / "scheduler_config.json"
-    shift = json.loads(sched_file.read_text()).get("flow_shift", 5.0) if sched_file.is_file() else 5.0
+    defaults, sampler = folder_defaults(path, dit.config, 2 if dit_2 is not None else 1)
     te = WanTextEncoder.from_pretrained(path, dtype=dtype) if load_text_encoder else None
     image_encoder, image_tokens = None, None
     if dit.config.image_dim is not None:
         image_encoder, image_tokens = _load_image_encoder(path, index, dtype, load_image_encoder, dit.config.image_dim)
     return WanComponents(
         dit, WanVAE.from_pretrained(path / "vae"), te, load_tokenizer(path / "tokenizer"),
-        transformer_2=dit_2, boundary_ratio=index.get("boundary_ratio"), flow_shift=float(shift), name=str(path),
+        transformer_2=dit_2, boundary_ratio=index.get("boundary_ratio"), flow_shift=sampler.shift, name=str(path),
         image_encoder=image_encoder, image_tokens=image_tokens, expand_timesteps=bool(index.get("expand_timesteps")),
+        scheduler=sampler.name, defaults=defaults,
     )
 
 
 def _load_official(path: Path, dtype, load_text_encoder: bool, backend: str) -> WanComponents:
-    boundary, shift, dit_2 = None, 5.0, None
+    boundary, dit_2 = None, None
     if (path / "config.json").is_file():
         dit = WanTransformer3D.from_pretrained(path, dtype=dtype, attention_backend=backend)
     else:
         dit = WanTransformer3D.from_pretrained(path / "high_noise_model", dtype=dtype, attention_backend=backend)
         dit_2 = WanTransformer3D.from_pretrained(path / "low_noise_model", dtype=dtype, attention_backend=backend)
-        boundary, shift = OFFICIAL_A14B.get(dit.config.model_type, OFFICIAL_A14B["t2v"])
+        boundary = OFFICIAL_A14B.get(dit.config.model_type, OFFICIAL_A14B["t2v"])[0]
     vae_file = next(path / f for f in ("Wan2.2_VAE.pth", "Wan2.1_VAE.pth") if (path / f).is_file())
     te = None
     if load_text_encoder:
         te = WanTextEncoder.from_official(path / OFFICIAL_T5, path / OFFICIAL_TOKENIZER, dtype=dtype)
+    defaults, sampler = folder_defaults(path, dit.config, 2 if dit_2 is not None else 1)
     return WanComponents(
         dit, WanVAE.from_pretrained(vae_file), te, load_tokenizer(path / OFFICIAL_TOKENIZER),
-        transformer_2=dit_2, boundary_ratio=boundary, flow_shift=shift, name=str(path),
+        transformer_2=dit_2, boundary_ratio=boundary, flow_shift=sampler.shift, name=str(path),
         expand_timesteps=dit.config.model_type == "ti2v",  # the official CLIP (OFFICIAL_CLIP) is not loaded
+        scheduler=sampler.name, defaults=defaults,
     )

@@ -189,6 +189,31 @@ def _from_native(key: str, layout: str) -> str:
     return official_to_diffusers_key(key) if layout == "diffusers" else key
 
 
+def _read_config(folder: Path, files: list[Path]) -> tuple[WanTransformerConfig, str, dict[str, tuple[int, ...]]]:
+    """``(config, layout, checkpoint key -> shape)`` from ``config.json`` and the safetensors headers (no tensor
+    data is read)."""
+    config_path = folder / "config.json"
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as fh:
+            for k in fh.keys():
+                shapes[k] = tuple(fh.get_slice(k).get_shape())
+    try:
+        config, layout = _config_and_layout(_read_json(config_path), shapes)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_path}: {e}") from None
+    return config, layout, shapes
+
+
+def read_wan_transformer_config(path: str | Path) -> WanTransformerConfig:
+    """The ``WanTransformerConfig`` of a checkpoint folder, either layout, from its config and weight-file headers
+    (cheap: no tensor data is read)."""
+    folder = _model_dir(Path(path))
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {folder}")
+    return _read_config(folder, find_weight_files(folder))[0]
+
+
 def load_wan_transformer(
     path: str | Path,
     dtype: torch.dtype | None = None,
@@ -203,19 +228,11 @@ def load_wan_transformer(
     """
     path = Path(path)
     folder = _model_dir(path)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"no config.json in {folder}")
     files = find_weight_files(folder, path if path.is_file() else None)
-
+    config, layout, shapes = _read_config(folder, files)
     where: dict[str, tuple[Path, str]] = {}  # native name -> (file, checkpoint name)
-    shapes: dict[str, tuple[int, ...]] = {}  # checkpoint name -> shape
-    for file in files:
-        with safe_open(str(file), framework="pt") as fh:
-            for k in fh.keys():
-                shapes[k] = tuple(fh.get_slice(k).get_shape())
-    cfg_dict = _read_json(config_path)
-    config, layout = _config_and_layout(cfg_dict, shapes)
     for file in files:
         with safe_open(str(file), framework="pt") as fh:
             for k in fh.keys():

@@ -124,7 +124,10 @@ def make_inputs(config, batch: int = 1, grid: tuple[int, int, int] = (3, 8, 10),
 @torch.no_grad()
 def diffusers_hy15_forward(model: HunyuanVideo15Transformer3DModel, inputs: dict, image_tokens: int = 5,
                            timestep_r: torch.Tensor | None = None) -> torch.Tensor:
-    """diffusers' forward on vidpar-style inputs; ``image_states=None`` becomes all-zero ``image_embeds`` (T2V)."""
+    """diffusers' forward on vidpar-style inputs; ``image_states=None`` becomes all-zero ``image_embeds`` (T2V).
+
+    Timesteps are cast to the model's dtype, as diffusers' pipeline does (its timestep embedding needs it).
+    """
     image = inputs["image_states"]
     b = inputs["latents"].shape[0]
     dtype = next(model.parameters()).dtype
@@ -132,13 +135,13 @@ def diffusers_hy15_forward(model: HunyuanVideo15Transformer3DModel, inputs: dict
         image = torch.zeros(b, image_tokens, model.config.image_embed_dim)
     return model(
         hidden_states=inputs["latents"].to(dtype),
-        timestep=inputs["timestep"],
+        timestep=inputs["timestep"].to(dtype),
         encoder_hidden_states=inputs["text_states"].to(dtype),
         encoder_attention_mask=inputs["text_mask"],
         encoder_hidden_states_2=inputs["glyph_states"].to(dtype),
         encoder_attention_mask_2=inputs["glyph_mask"],
         image_embeds=image.to(dtype),
-        timestep_r=timestep_r,
+        timestep_r=None if timestep_r is None else timestep_r.to(dtype),
         return_dict=False,
     )[0]
 

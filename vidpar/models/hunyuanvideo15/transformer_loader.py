@@ -52,14 +52,23 @@ def _model_dir(path: Path) -> Path:
     return path
 
 
-def config_and_layout(cfg: dict[str, Any], source: Path | str = "config.json"
-                      ) -> tuple[HunyuanVideo15TransformerConfig, str]:
-    """The model config of a ``config.json`` dict and its layout (``"diffusers"`` or ``"official"``)."""
+def config_and_layout(
+    cfg: dict[str, Any], shapes: dict[str, tuple[int, ...]] | None = None, source: Path | str = "config.json"
+) -> tuple[HunyuanVideo15TransformerConfig, str]:
+    """The model config of a ``config.json`` dict and its layout (``"diffusers"`` or ``"official"``).
+
+    The official config does not state the ByT5 width (the official code hard-codes 1472); with the
+    checkpoint's key ``shapes`` it is read from ``byt5_in.layernorm.weight``.
+    """
     try:
         if cfg.get("_class_name") == "HunyuanVideo15Transformer3DModel" or "num_attention_heads" in cfg:
             return HunyuanVideo15TransformerConfig.from_diffusers_config(cfg), DIFFUSERS
         if "hidden_size" in cfg and "heads_num" in cfg:
-            return HunyuanVideo15TransformerConfig.from_official_config(cfg), OFFICIAL
+            config = HunyuanVideo15TransformerConfig.from_official_config(cfg)
+            glyph = (shapes or {}).get("byt5_in.layernorm.weight")
+            if glyph is not None and len(glyph) == 1 and glyph[0] != config.glyph_dim:
+                config = config.replace(glyph_dim=int(glyph[0]))
+            return config, OFFICIAL
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
     raise ValueError(f"{source} is neither a diffusers HunyuanVideo15Transformer3DModel config nor an official "
@@ -85,9 +94,9 @@ def load_hunyuanvideo15_transformer(
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"no config.json in {folder}")
-    config, layout = config_and_layout(read_json(config_path), config_path)
     files = find_weight_files(folder, path if path.is_file() else None)
     found = read_headers(files)  # checkpoint name -> (file, shape, dtype)
+    config, layout = config_and_layout(read_json(config_path), {k: v[1] for k, v in found.items()}, config_path)
 
     with torch.device("meta"):
         model = HunyuanVideo15Transformer3D(config, attention_backend=attention_backend)

@@ -1,4 +1,8 @@
-"""Tiny diffusers HunyuanVideo-1.5 transformers as independent references for vidpar's DiT (tests only)."""
+"""Tiny diffusers HunyuanVideo-1.5 transformers as independent references for vidpar's DiT (tests only).
+
+diffusers is imported only where a diffusers model is built, so distributed workers that need just the input
+helpers do not pay for importing it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import HunyuanVideo15Transformer3DModel
 from safetensors.torch import save_file
 
 from vidpar.models.hunyuanvideo15 import HunyuanVideo15Transformer3D
@@ -38,12 +41,14 @@ TINY_DIFFUSERS_HY15: dict[str, Any] = dict(
 
 
 def make_tiny_diffusers_hy15(overrides: dict[str, Any] | None = None, seed: int = 0,
-                             std: float = 0.05) -> HunyuanVideo15Transformer3DModel:
+                             std: float = 0.05) -> "HunyuanVideo15Transformer3DModel":
     """A tiny fp32 diffusers HunyuanVideo-1.5 DiT in eval mode whose every parameter is randomly perturbed.
 
     Adding ``N(0, std)`` noise to every parameter (norm weights, zero-initialised layers, the condition-type
     table) makes each weight matter, so a comparison against it can fail.
     """
+    from diffusers import HunyuanVideo15Transformer3DModel
+
     torch.manual_seed(seed)
     model = HunyuanVideo15Transformer3DModel(**dict(TINY_DIFFUSERS_HY15, **(overrides or {})))
     with torch.no_grad():
@@ -52,7 +57,7 @@ def make_tiny_diffusers_hy15(overrides: dict[str, Any] | None = None, seed: int 
     return model.float().eval()
 
 
-def save_diffusers(model: HunyuanVideo15Transformer3DModel, folder: Path, shard: str | None = None) -> Path:
+def save_diffusers(model: "HunyuanVideo15Transformer3DModel", folder: Path, shard: str | None = None) -> Path:
     """``save_pretrained`` as a ``transformer/`` folder (safetensors, optionally sharded)."""
     kwargs = {} if shard is None else {"max_shard_size": shard}
     model.save_pretrained(folder, safe_serialization=True, **kwargs)
@@ -122,7 +127,7 @@ def make_inputs(config, batch: int = 1, grid: tuple[int, int, int] = (3, 8, 10),
 
 
 @torch.no_grad()
-def diffusers_hy15_forward(model: HunyuanVideo15Transformer3DModel, inputs: dict, image_tokens: int = 5,
+def diffusers_hy15_forward(model: "HunyuanVideo15Transformer3DModel", inputs: dict, image_tokens: int = 5,
                            timestep_r: torch.Tensor | None = None) -> torch.Tensor:
     """diffusers' forward on vidpar-style inputs; ``image_states=None`` becomes all-zero ``image_embeds`` (T2V).
 

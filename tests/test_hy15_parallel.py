@@ -113,3 +113,22 @@ def test_eight_ranks_ulysses_uneven_heads(pools):
     for rank, (errors, _, _) in enumerate(pools(8).run(forward_parity_task, (8, 1, 1), GRID, ("5heads",),
                                                        timeout=180)):
         assert max(errors) <= TOL, f"rank {rank}: {errors}"
+
+
+@torch.no_grad()
+def fsdp_task(env, degrees):
+    from vidpar.parallel.fsdp import shard_weights
+
+    ctx = env.context(ParallelConfig(*degrees))
+    model = build_model.__wrapped__("3heads")  # a fresh copy: sharding is not undone
+    inputs = make_inputs(model.config, grid=GRID, **BRANCHES[0])
+    ref = model(**inputs)
+    shard_weights(model, list(model.blocks), ctx)
+    vidpar.parallelize(model, ctx)
+    return max_rel_error(model(**inputs), ref)
+
+
+def test_fsdp_blocks_with_sequence_parallel(pools):
+    # FSDP units are model.blocks; a mixed-length batch runs every block once per sample in one forward.
+    for degrees in [(2, 1, 1), (1, 2, 1)]:
+        assert max(pools(2).run(fsdp_task, degrees)) <= TOL, degrees

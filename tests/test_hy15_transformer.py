@@ -125,6 +125,9 @@ def test_padded_tokens_never_change_the_result(tiny) -> None:
         longer[states] = torch.cat([inputs[states], torch.randn_like(inputs[states])], dim=1)
         longer[mask] = torch.cat([inputs[mask], torch.zeros_like(inputs[mask])], dim=1)
     assert torch.equal(_forward(model, longer), out)
+    # All-zero image states are text-to-video, as in diffusers (and the official code): no image tokens.
+    zero_image = dict(inputs, image_states=torch.zeros_like(inputs["image_states"]))
+    assert torch.equal(_forward(model, zero_image), _forward(model, dict(inputs, image_states=None)))
     # No glyph input at all is the same as an all-zero glyph mask.
     no_glyph = dict(inputs, glyph_states=None, glyph_mask=None)
     zero_glyph = dict(inputs, glyph_mask=torch.zeros_like(inputs["glyph_mask"]))

@@ -168,7 +168,8 @@ class HunyuanVideo15Transformer3D(nn.Module):
             glyph_states: ``[B, L2, glyph_dim]`` ByT5 states of the quoted glyph text, or None (no glyph text).
             glyph_mask: ``[B, L2]`` (None: all valid); an all-zero mask means no glyph tokens.
             image_states: ``[B, N, image_dim]`` SigLIP states of the reference image (I2V), or None for
-                text-to-video (what diffusers does with all-zero ``image_embeds``: image tokens masked out).
+                text-to-video: no image tokens, which is what both references do with all-zero image states
+                (the pipelines' text-to-video input), so an all-zero ``image_states`` means text-to-video too.
             timestep_r: ``[B]`` MeanFlow target timesteps (step-distilled checkpoints only), or None.
 
         Text, glyph and image inputs and masks must be identical on every rank of a sequence-parallel group.
@@ -179,6 +180,8 @@ class HunyuanVideo15Transformer3D(nn.Module):
         self._check_inputs(latents, timestep, text_states, text_mask, glyph_states, glyph_mask, image_states,
                            timestep_r)
         grid = self.grid_size(latents)
+        if image_states is not None and not image_states.any():  # the references' text-to-video convention
+            image_states = None
 
         x = wide(self.img_in(latents))  # [B, S, dim]; the residual streams are fp32 (or fp64)
         rope = self.rope(grid, device=latents.device)

@@ -172,7 +172,8 @@ def test_official_key_names_and_both_conversions() -> None:
     d = ref.config.num_attention_heads * ref.config.attention_head_dim
     qkv = official["txt_in.individual_token_refiner.blocks.0.self_attn_qkv.weight"]
     assert qkv.shape == (3 * d, d)
-    assert torch.equal(qkv[d : 2 * d], ref.state_dict()["context_embedder.token_refiner.refiner_blocks.0.attn.to_k.weight"])
+    to_k = ref.state_dict()["context_embedder.token_refiner.refiner_blocks.0.attn.to_k.weight"]
+    assert torch.equal(qkv[d : 2 * d], to_k)
     shift = official["final_layer.adaLN_modulation.1.bias"][:d]  # official (shift, scale); diffusers (scale, shift)
     assert torch.equal(shift, ref.state_dict()["norm_out.linear.bias"][d:])
     back = official_to_diffusers_state_dict(official)

@@ -168,8 +168,8 @@ class HunyuanVideo15Transformer3D(nn.Module):
             glyph_states: ``[B, L2, glyph_dim]`` ByT5 states of the quoted glyph text, or None (no glyph text).
             glyph_mask: ``[B, L2]`` (None: all valid); an all-zero mask means no glyph tokens.
             image_states: ``[B, N, image_dim]`` SigLIP states of the reference image (I2V), or None for
-                text-to-video: no image tokens, which is what both references do with all-zero image states
-                (the pipelines' text-to-video input), so an all-zero ``image_states`` means text-to-video too.
+                text-to-video (no image tokens). All-zero ``image_states`` also mean text-to-video, as in
+                diffusers and the official code, whose pipelines pass zeros for it.
             timestep_r: ``[B]`` MeanFlow target timesteps (step-distilled checkpoints only), or None.
 
         Text, glyph and image inputs and masks must be identical on every rank of a sequence-parallel group.
@@ -194,7 +194,8 @@ class HunyuanVideo15Transformer3D(nn.Module):
         if len({ctx.shape[1] for ctx in contexts}) == 1:  # same number of valid tokens: one batched pass
             x = self.run_blocks(x, torch.cat(contexts), vec, rope)
         else:  # each sample with its own valid tokens (exact; the pipeline calls with B=1 per CFG branch)
-            x = torch.cat([self.run_blocks(x[i : i + 1], ctx, vec[i : i + 1], rope) for i, ctx in enumerate(contexts)])
+            x = torch.cat([self.run_blocks(x[i : i + 1], ctx, vec[i : i + 1], rope)
+                           for i, ctx in enumerate(contexts)])
         return self.unpatchify(self.final_layer(x, vec), grid)
 
     def run_blocks(

@@ -85,7 +85,7 @@ def timestep_features(t: torch.Tensor, dim: int = FREQ_DIM) -> torch.Tensor:
 
 
 class HYTimestepEmbedder(nn.Module):
-    """Timestep -> vector (official ``TimestepEmbedder``: ``mlp = Linear, SiLU, Linear``). ``[B]`` -> ``[B, dim]`` fp32."""
+    """Timestep -> vector (official ``TimestepEmbedder``: ``mlp`` = Linear, SiLU, Linear). ``[B]`` -> ``[B, dim]``."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()

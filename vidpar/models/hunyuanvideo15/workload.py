@@ -78,7 +78,8 @@ def hy15_forward_flops(
 
     attention = layers * 4.0 * s * s * d
     cross = layers * 8.0 * s * joint * d
-    linear = layers * stream(s) + gemm(s, c.in_channels * c.patch_volume, d) + gemm(s, d, c.out_channels * c.patch_volume)
+    patch = gemm(s, c.in_channels * c.patch_volume, d) + gemm(s, d, c.out_channels * c.patch_volume)
+    linear = layers * stream(s) + patch
 
     per_layer_context = stream(joint) + 4.0 * joint * joint * d + 2 * gemm(1, d, 6 * d)
     timestep = gemm(1, FREQ_DIM, d) + gemm(1, d, d)

@@ -1,6 +1,7 @@
 """The attention op that single-device model code calls.
 
-Models call ``self.attn_op(q, k, v)`` with ``[B, S, H, D]`` tensors. ``vidpar.parallelize`` swaps this submodule
+Models call ``self.attn_op(q, k, v)`` with ``[B, S, H, D]`` tensors (joint-attention models add
+``joint_q/k/v=``, the tokens attended together with the sequence). ``vidpar.parallelize`` swaps this submodule
 for a sequence-parallel one through the model's sharding plan, so model code never changes.
 """
 
@@ -23,9 +24,31 @@ class LocalAttention(nn.Module):
         super().__init__()
         self.backend = backend
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]`` -> ``[B, Sq, H, D]``."""
-        return attention_plain(q, k, v, self.backend)
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        joint_q: torch.Tensor | None = None,
+        joint_k: torch.Tensor | None = None,
+        joint_v: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """q ``[B, Sq, H, D]``, k/v ``[B, Sk, H, D]`` -> ``[B, Sq, H, D]``.
+
+        With joint tokens ``joint_q/k/v [B, T, H, D]`` (e.g. text in a joint-attention model) the queries
+        ``[joint, q]`` attend to the keys ``[joint, k]`` in one call, and ``(out [B, Sq, H, D],
+        joint_out [B, T, H, D])`` is returned: the contract of ``vidpar.parallel.attention``.
+        """
+        joint = (joint_q, joint_k, joint_v)
+        if all(t is None for t in joint):
+            return attention_plain(q, k, v, self.backend)
+        if any(t is None for t in joint):
+            raise ValueError("LocalAttention: give all of joint_q, joint_k, joint_v or none of them")
+        t = joint_q.shape[1]
+        out = attention_plain(torch.cat([joint_q, q], dim=1), torch.cat([joint_k, k], dim=1),
+                              torch.cat([joint_v, v], dim=1), self.backend)
+        return out[:, t:], out[:, :t]
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

@@ -6,7 +6,8 @@ A plan maps submodule paths (``fnmatch`` patterns such as ``"blocks.*.self_attn.
 - ``ShardInput(arg, dim, only_ndim)``: a positional input is sharded before the submodule runs;
 - ``GatherOutput(dim)``: the submodule's output is gathered back to the full sequence on every rank;
 - ``SequenceParallel()``: the submodule (an attention op ``forward(q, k, v)`` with ``[B, S, H, D]`` tensors and a
-  ``backend`` attribute) is replaced by a sequence-parallel one.
+  ``backend`` attribute, optionally ``joint_q/k/v=`` tokens every rank holds in full) is replaced by a
+  sequence-parallel one.
 
 Model code stays single-device: hooks and submodule swaps do the rest, and ``unparallelize`` removes them.
 """
@@ -27,7 +28,8 @@ _APPLIED_ATTR = "_vidpar_applied_plan"
 
 
 class SequenceParallelAttention(nn.Module):
-    """Drop-in for a local attention op: ``forward(q, k, v)`` on this rank's shards, ``[B, S_local, H, D]``.
+    """Drop-in for a local attention op: ``forward(q, k, v, joint_q=, joint_k=, joint_v=)`` on this rank's shards,
+    ``[B, S_local, H, D]`` (joint tokens full on every rank).
 
     When the plan sharded the sequence in this forward, its full length is known on every rank, so the shard
     lengths are passed to ``attention`` and its length exchange (a collective and, on GPU, a sync) is skipped.
@@ -39,10 +41,22 @@ class SequenceParallelAttention(nn.Module):
         self.backend = backend
         self.applied = applied
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        joint_q: torch.Tensor | None = None,
+        joint_k: torch.Tensor | None = None,
+        joint_v: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Joint tokens (``[B, T, H, D]``, full on every rank) pass through to ``attention``, which then returns
+        ``(out_local, joint_out)``."""
         full = self.applied.seq_len if self.applied is not None else None
         lens = split_sizes(full, self.ctx.sp_size) if full is not None else None
-        return attention(q, k, v, self.ctx, backend=self.backend, seq_lens=lens)
+        return attention(q, k, v, self.ctx, joint_q=joint_q, joint_k=joint_k, joint_v=joint_v,
+                         backend=self.backend, seq_lens=lens)
 
     def extra_repr(self) -> str:
         c = self.ctx.config

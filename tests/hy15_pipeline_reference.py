@@ -131,7 +131,8 @@ def build_text_encoder(tokenizer):
 
     config = Qwen2_5_VLTextConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), hidden_size=TEXT_DIM, intermediate_size=48, num_hidden_layers=3,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), hidden_size=TEXT_DIM, intermediate_size=48,
+        num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=2048,
         rope_scaling={"type": "default", "rope_type": "default", "mrope_section": [1, 1, 2]},
     )
@@ -215,7 +216,9 @@ def save_pipeline_folder(folder: str | os.PathLike, task: str = "t2v", seed: int
     return pipe
 
 
-def write_official_encoders(ckpts: str | os.PathLike, pipe, byt5_prefixed: bool = True, llm_layout: str = "hub") -> None:
+def write_official_encoders(
+    ckpts: str | os.PathLike, pipe, byt5_prefixed: bool = True, llm_layout: str = "hub"
+) -> None:
     """Write ``pipe``'s encoders in HunyuanVideo-1.5's official ``ckpts/`` layout.
 
     - ``text_encoder/llm``: a Qwen2.5-VL folder: ``config.json`` and two safetensors shards + index, with the
@@ -241,7 +244,7 @@ def write_official_encoders(ckpts: str | os.PathLike, pipe, byt5_prefixed: bool 
         config.pop("text_config")
         config.update({k: v for k, v in text.items() if k != "model_type"})
         prefix, visual = "model.", "visual."
-    elif llm_layout == "nested":  # what transformers >= 4.52 saves: text_config, model.language_model.* / model.visual.*
+    elif llm_layout == "nested":  # transformers >= 4.52 saves: text_config, model.language_model.* / model.visual.*
         prefix, visual = "model.language_model.", "model.visual."
     else:
         raise ValueError(f"llm_layout must be 'hub' or 'nested', got {llm_layout!r}")
@@ -251,7 +254,8 @@ def write_official_encoders(ckpts: str | os.PathLike, pipe, byt5_prefixed: bool 
     state[f"{visual}patch_embed.proj.weight"] = torch.zeros(8, 3, 2, 14, 14)
     state["lm_head.weight"] = torch.zeros_like(state[f"{prefix}embed_tokens.weight"])
     keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
     for name, names in shards.items():
         save_file({k: state[k] for k in names}, os.path.join(llm, name), metadata={"format": "pt"})
     index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
@@ -260,7 +264,8 @@ def write_official_encoders(ckpts: str | os.PathLike, pipe, byt5_prefixed: bool 
     pipe.tokenizer.save_pretrained(llm)
 
     small = os.path.join(ckpts, "text_encoder", "byt5-small")
-    pipe.text_encoder_2.config.__class__(**{**pipe.text_encoder_2.config.to_dict(), "vocab_size": 384}).save_pretrained(small)
+    plain = {**pipe.text_encoder_2.config.to_dict(), "vocab_size": 384}  # byt5-small has no glyph tokens
+    pipe.text_encoder_2.config.__class__(**plain).save_pretrained(small)
     ByT5Tokenizer().save_pretrained(small)
     glyph = os.path.join(ckpts, "text_encoder", "Glyph-SDXL-v2")
     os.makedirs(os.path.join(glyph, "assets"), exist_ok=True)

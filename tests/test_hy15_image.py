@@ -57,7 +57,10 @@ def i2v(tmp_path_factory):
 
 
 def test_size_buckets_match_diffusers() -> None:
-    from diffusers.pipelines.hunyuan_video1_5.image_processor import HunyuanVideo15ImageProcessor, generate_crop_size_list
+    from diffusers.pipelines.hunyuan_video1_5.image_processor import (
+        HunyuanVideo15ImageProcessor,
+        generate_crop_size_list,
+    )
 
     processor = HunyuanVideo15ImageProcessor(vae_scale_factor=16)
     for target in (32, 64, 640, 960):
@@ -100,14 +103,16 @@ def test_image_states_match_diffusers(i2v) -> None:
 def test_i2v_condition_matches_diffusers(i2v) -> None:
     _, pipe = i2v
     cropped, height, width = prepare_i2v_image(ref.make_image(), pipe.target_size)
-    latents = torch.randn(2, ref.LATENT_CHANNELS, 3, height // 16, width // 16, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, ref.LATENT_CHANNELS, 3, height // 16, width // 16, generator=g)
     with torch.no_grad():
         cond, mask = pipe.prepare_cond_latents_and_mask(latents, cropped, 2, height, width, torch.float32, CPU)
         latent = encode_image_latent(DiffusersVAE(pipe.vae), vae_pixels(cropped))
     ours = i2v_conditioning(latent, torch.ones(1, VISION_TOKENS, ref.VISION_DIM), tuple(latents.shape))
     assert torch.equal(ours.model_input(latents), torch.cat([latents, cond, mask], dim=1))
     assert ours.is_i2v and latent.abs().sum() > 0 and ours.cond[:, :, 1:].eq(0).all()
-    assert [tuple(t.shape) for t in ours.tensors()] == list(conditioning_shapes(latents.shape, VISION_TOKENS, ref.VISION_DIM))
+    shapes = conditioning_shapes(latents.shape, VISION_TOKENS, ref.VISION_DIM)
+    assert [tuple(t.shape) for t in ours.tensors()] == list(shapes)
     with pytest.raises(ValueError, match="does not fit"):
         i2v_conditioning(latent, ours.image_states, (2, ref.LATENT_CHANNELS, 3, 4, 4))
 
@@ -128,7 +133,7 @@ def _transformer_inputs(pipe, **call) -> list[dict]:
     return seen
 
 
-def _check_dit_inputs(seen: list[dict], folder, conditioning, prompt_encoder) -> None:
+def _check_dit_inputs(seen: list[dict], conditioning, prompt_encoder) -> None:
     """Both CFG branches: the conditioning channels, the image embeds and the text states diffusers fed the DiT."""
     assert len(seen) == 2  # guidance 6.0: conditional, then unconditional
     c = ref.LATENT_CHANNELS
@@ -151,7 +156,7 @@ def test_dit_inputs_i2v(i2v) -> None:
     shape = (1, ref.LATENT_CHANNELS, 3, height // 16, width // 16)
     latent = encode_image_latent(DiffusersVAE(pipe.vae), vae_pixels(cropped))
     conditioning = i2v_conditioning(latent, HunyuanImageEncoder.from_pretrained(folder).encode(cropped), shape)
-    _check_dit_inputs(seen, folder, conditioning, HunyuanPromptEncoder.from_pretrained(folder, dtype=torch.float32))
+    _check_dit_inputs(seen, conditioning, HunyuanPromptEncoder.from_pretrained(folder, dtype=torch.float32))
 
 
 def test_dit_inputs_t2v(tmp_path) -> None:
@@ -162,4 +167,4 @@ def test_dit_inputs_t2v(tmp_path) -> None:
     shape = (1, ref.LATENT_CHANNELS, 3, 2, 3)
     conditioning = t2v_conditioning(shape, VISION_TOKENS, pipe.transformer.config.image_embed_dim)
     assert not conditioning.is_i2v and seen[0]["image_embeds"].shape == (1, VISION_TOKENS, ref.VISION_DIM)
-    _check_dit_inputs(seen, tmp_path, conditioning, HunyuanPromptEncoder.from_pretrained(tmp_path, dtype=torch.float32))
+    _check_dit_inputs(seen, conditioning, HunyuanPromptEncoder.from_pretrained(tmp_path, dtype=torch.float32))

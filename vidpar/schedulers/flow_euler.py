@@ -38,7 +38,9 @@ class FlowEulerScheduler(FlowSchedulerBase):
     kind = "flow_euler"
     SIGMA_SPACINGS = ("train_range", "linear")
 
-    def __init__(self, flow_shift: float = 3.0, num_train_timesteps: int = 1000, sigma_spacing: str = "train_range") -> None:
+    def __init__(
+        self, flow_shift: float = 3.0, num_train_timesteps: int = 1000, sigma_spacing: str = "train_range"
+    ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, shift=flow_shift)
         if sigma_spacing not in self.SIGMA_SPACINGS:
             raise ValueError(f"sigma_spacing must be one of {self.SIGMA_SPACINGS}, got {sigma_spacing!r}")

@@ -70,7 +70,9 @@ class GlyphTokenizer:
         too_long = [(i, n) for i, n in enumerate(counts) if n > self.max_length]
         if too_long:
             detail = ", ".join(f"prompt {i}: {n} tokens" for i, n in too_long)
-            raise ValueError(f"quoted text too long for the glyph encoder (max {self.max_length} ByT5 tokens): {detail}")
+            raise ValueError(
+                f"quoted text too long for the glyph encoder (max {self.max_length} ByT5 tokens): {detail}"
+            )
         return counts
 
     def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -57,7 +57,9 @@ class HunyuanImageEncoder:
 
         path = os.fspath(path)
         image_encoder_spec(path)  # clear error for a folder without one
-        model = SiglipVisionModel.from_pretrained(os.path.join(path, "image_encoder"), dtype=dtype, use_safetensors=True)
+        model = SiglipVisionModel.from_pretrained(
+            os.path.join(path, "image_encoder"), dtype=dtype, use_safetensors=True
+        )
         processor = SiglipImageProcessor.from_pretrained(os.path.join(path, "feature_extractor"))
         return cls(model.to(device), processor)
 

@@ -21,7 +21,7 @@ import torch
 
 def crop_size_buckets(base_size: int, stride: int = 16, max_ratio: float = 4.0) -> list[tuple[int, int]]:
     """Bucket sizes ``(height, width)`` (multiples of ``stride``) with ``round((base_size / stride)^2)`` patches at
-    most, from the tallest to the widest, aspect ratio within ``max_ratio`` (the official ``generate_crop_size_list``)."""
+    most, tallest first, aspect ratio within ``max_ratio`` (the official ``generate_crop_size_list``)."""
     if base_size < stride or stride < 1 or max_ratio < 1:
         raise ValueError(f"need base_size >= stride >= 1 and max_ratio >= 1, got {base_size}, {stride}, {max_ratio}")
     patches = round((base_size / stride) ** 2)

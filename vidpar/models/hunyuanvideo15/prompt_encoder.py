@@ -117,7 +117,8 @@ class PromptTokenizers:
         if not os.path.isdir(small):
             raise ValueError(f"google/byt5-small folder not found: {small}")
         glyph = AutoTokenizer.from_pretrained(small)
-        glyph.add_tokens(glyph_special_tokens(os.path.join(paths["text_encoder"], GLYPH_DIR, "assets")), special_tokens=True)
+        assets = os.path.join(paths["text_encoder"], GLYPH_DIR, "assets")
+        glyph.add_tokens(glyph_special_tokens(assets), special_tokens=True)
         return cls(
             TemplateTokenizer.from_folder(paths["llm"]), GlyphTokenizer(glyph),
             _hidden_size(os.path.join(paths["llm"], "config.json")), _hidden_size(os.path.join(small, "config.json")),
@@ -149,7 +150,8 @@ class HunyuanPromptEncoder:
         cls, path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
     ) -> HunyuanPromptEncoder:
         """From a diffusers ``HunyuanVideo15Pipeline`` / ``HunyuanVideo15ImageToVideoPipeline`` folder."""
-        return cls(HunyuanTextEncoder.from_pretrained(path, dtype, device), GlyphEncoder.from_pretrained(path, dtype, device))
+        text = HunyuanTextEncoder.from_pretrained(path, dtype, device)
+        return cls(text, GlyphEncoder.from_pretrained(path, dtype, device))
 
     @classmethod
     def from_official(

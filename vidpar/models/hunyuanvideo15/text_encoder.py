@@ -34,7 +34,7 @@ SYSTEM_MESSAGE = (
     "        4. background environment, light, style and atmosphere. "
     "        5. camera angles, movements, and transitions used in the video."
 )
-CROP_START = 108  # template prefix length of the real Qwen2.5-VL tokenizer (diffusers' prompt_template_encode_start_idx)
+CROP_START = 108  # template prefix length with the real Qwen2.5-VL tokenizer (diffusers' hard-coded value)
 MAX_TEXT_TOKENS = 1000  # text tokens the DiT sees (after the crop)
 SKIP_LAYERS = 2  # hidden_states[-(2 + 1)]
 USER_MARKER = "<|im_start|>user\n"
@@ -178,7 +178,9 @@ class HunyuanTextEncoder:
 
         path = os.fspath(path)
         tokenizer = TemplateTokenizer.from_folder(os.path.join(path, "tokenizer"))  # checked before any weight
-        model = Qwen2_5_VLTextModel.from_pretrained(os.path.join(path, "text_encoder"), dtype=dtype, use_safetensors=True)
+        model = Qwen2_5_VLTextModel.from_pretrained(
+            os.path.join(path, "text_encoder"), dtype=dtype, use_safetensors=True
+        )
         return cls(model.to(device), tokenizer)
 
     @classmethod

@@ -54,7 +54,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--steps", type=int, default=None, help="denoising steps")
     own.add_argument("--guidance-scale", type=float, default=None)
     own.add_argument("--guidance-scale-2", type=float, default=None, help="second expert's scale (Wan 2.2 A14B)")
-    own.add_argument("--scheduler", default=None, choices=("unipc", "euler"), help="default: the checkpoint's")
+    own.add_argument("--scheduler", default=None, choices=("unipc", "euler", "euler-linear"),
+                     help="default: the checkpoint's")
     own.add_argument("--flow-shift", type=float, default=None, help="default: the checkpoint's")
     own.add_argument("--fps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)

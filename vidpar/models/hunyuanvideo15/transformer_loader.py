@@ -76,6 +76,17 @@ def config_and_layout(
                      "'hidden_size' and 'heads_num')")
 
 
+def read_transformer_config(path: str | Path) -> HunyuanVideo15TransformerConfig:
+    """The config of a checkpoint folder (either layout) from its ``config.json`` and weight-file headers (cheap:
+    no tensor data is read)."""
+    folder = _model_dir(Path(path))
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}")
+    found = read_headers(find_weight_files(folder))
+    return config_and_layout(read_json(config_path), {k: v[1] for k, v in found.items()}, config_path)[0]
+
+
 def load_hunyuanvideo15_transformer(
     path: str | Path,
     dtype: torch.dtype | None = None,

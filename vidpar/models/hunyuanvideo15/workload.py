@@ -94,3 +94,80 @@ def hy15_forward_flops(
     context = (layers * per_layer_context + refiner + glyph + image + timestep * (2 if c.use_meanflow else 1)
                + gemm(1, d, 2 * d))
     return {"attention": attention, "linear": linear, "context": context, "cross_attention": cross}
+
+
+# ---- the planner's view (model-neutral objects of ``vidpar.planner.workload``) ---------------------------------
+
+# Valid prompt tokens the planner assumes per forward: a typical prompt (the Qwen states hold at most 1000 valid
+# tokens; padding is dropped) and no quoted glyph text; I2V adds the 729 SigLIP tokens. An assumption, stated in
+# ``vidpar plan``'s notes; joint tokens are ~1% of the video tokens at 480p and less above.
+PLANNER_TEXT_TOKENS = 256
+# Qwen2.5-VL-7B's language model without the LM head (28 layers, width 3584, vocab 152064) and the ByT5-small
+# encoder (Glyph-SDXL-v2): parameters of the text encoders the pipeline holds.
+TEXT_ENCODER_PARAMS = 7.07e9 + 0.22e9
+
+
+def hy15_dit_workload(config: HunyuanVideo15TransformerConfig, name: str = "hunyuanvideo-1.5"):
+    """The planner's ``DitWorkload`` of a config (joint tokens: ``PLANNER_TEXT_TOKENS`` + image tokens for I2V)."""
+    from functools import partial
+
+    from vidpar.planner.workload import DitWorkload
+
+    image = config.image_tokens if config.task == "i2v" else 0
+    return DitWorkload(
+        name=name, num_layers=config.num_layers, dim=config.hidden_size, num_heads=config.num_heads,
+        ffn_dim=config.ffn_dim, in_channels=config.in_channels, out_channels=config.out_channels,
+        patch_size=config.patch_size, params=hy15_dit_params(config),
+        flops=partial(_planner_flops, config, PLANNER_TEXT_TOKENS, image),
+        joint_tokens=PLANNER_TEXT_TOKENS + image,
+    )
+
+
+def _planner_flops(config: HunyuanVideo15TransformerConfig, text: int, image: int, tokens: int):
+    from vidpar.planner.workload import ForwardFlops
+
+    return ForwardFlops(**hy15_forward_flops(config, tokens, text, 0, image))
+
+
+def hy15_model_spec(name: str, dit: HunyuanVideo15TransformerConfig, vae=None):
+    """The planner's ``ModelSpec``: the DiT, its VAE (``HunyuanVideo15VAEConfig``; default the released one) and
+    the text encoders' size."""
+    from vidpar.planner.workload import ModelSpec
+
+    from .vae_config import HunyuanVideo15VAEConfig
+
+    vae = HunyuanVideo15VAEConfig() if vae is None else vae
+    return ModelSpec(name, hy15_dit_workload(dit, name), vae.planner_workload(), 1, TEXT_ENCODER_PARAMS)
+
+
+def hy15_planner_presets() -> dict:
+    """The released variants by preset name, plus ``hunyuanvideo-1.5-480p`` / ``-720p`` for their T2V models."""
+    from .transformer_config import HY15_TRANSFORMER_PRESETS
+
+    specs = {key: hy15_model_spec(key, cfg) for key, cfg in HY15_TRANSFORMER_PRESETS.items()}
+    for res in ("480p", "720p"):
+        specs[f"hunyuanvideo-1.5-{res}"] = specs[f"hunyuanvideo-1.5-{res}-t2v"]
+    return specs
+
+
+def hy15_planner_spec_from_folder(path):
+    """The planner's spec from a folder's configs (a diffusers pipeline root or ``transformer/``, or an official
+    ``ckpts`` root / variant folder); None if it holds no HunyuanVideo-1.5 DiT config."""
+    import json
+    from pathlib import Path
+
+    from .transformer_loader import config_and_layout
+
+    path = Path(path)
+    candidates = [path / "config.json", path / "transformer" / "config.json",
+                  *sorted((path / "transformer").glob("*/config.json"))]
+    for cfg_path in candidates:
+        if not cfg_path.is_file():
+            continue
+        try:
+            raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{cfg_path}: not readable JSON ({e})") from None
+        if raw.get("_class_name") == "HunyuanVideo15Transformer3DModel" or ("hidden_size" in raw and "heads_num" in raw):
+            return hy15_model_spec(str(path), config_and_layout(raw, None, cfg_path)[0])
+    return None

@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import save_file
 
 import lora_files as lf
+from lora_files import TINY, diffusers_readable_files, diffusers_with_loras, inputs
 from vidpar.lora import LoraHandle, LoraSpec, apply_loras, lora_set_digest, read_lora_file
 from vidpar.models.wan import WanTransformer3D, WanTransformerConfig
 from vidpar.models.wan.lora_keys import WAN_LORA_KEYS
 from wan_reference import diffusers_wan_forward, make_tiny_diffusers_wan, max_rel_error
 
 TOL_FP32 = 1e-5
-TINY = dict(num_attention_heads=3, attention_head_dim=8)  # dim 24, 3 heads: uneven on 2 and 4 ranks
 
 
 @pytest.fixture(scope="module")
@@ -29,47 +29,6 @@ def base(tmp_path_factory):
     ref = make_tiny_diffusers_wan(TINY, seed=11)
     ref.save_pretrained(folder)
     return folder, ref
-
-
-def inputs(seed: int = 5):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 16, 3, 6, 10, generator=g), torch.tensor([500.0]), torch.randn(1, 7, 32, generator=g)
-
-
-def diffusers_with_loras(folder: Path, files: list[tuple[Path, float]]):
-    """diffusers' WanTransformer3DModel with the LoRAs loaded by ``WanPipeline.load_lora_weights`` (PEFT layers,
-    not fused) at the given strengths."""
-    from diffusers import WanPipeline, WanTransformer3DModel
-
-    ref = WanTransformer3DModel.from_pretrained(folder).float().eval()
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None, transformer=ref)
-    names = [f"l{i}" for i in range(len(files))]
-    for (path, _), name in zip(files, names):
-        # low_cpu_mem_usage=False: modules a file leaves out keep PEFT's zero init instead of meta tensors
-        pipe.load_lora_weights(str(path), adapter_name=name, low_cpu_mem_usage=False)
-    pipe.set_adapters(names, [s for _, s in files])
-    return ref
-
-
-def diffusers_readable_files(model: WanTransformer3D, tmp: Path) -> dict[str, tuple[Path, object]]:
-    """One file per layout diffusers reads, each a different random LoRA: name -> (path, content)."""
-    files = {}
-    # diffusers' own save_lora_weights, alpha and rank in the metadata header, with patterns and lora_B.bias
-    c = lf.random_lora(model, 1, rank=4, alpha=8.0, rank_of={"blocks.0.ffn.0": 2, "head.head": 3},
-                       alpha_of={"blocks.1.self_attn.q": 1.0, "blocks.0.ffn.0": 6.0}, bias_diffs=True)
-    meta = lf.peft_metadata(c, 4, 8.0, lora_bias=True)
-    files["peft_metadata"] = (lf.write_peft(tmp / "peft_metadata", c, meta, up_bias=True), c)
-    c = lf.random_lora(model, 2, alpha=None)  # no header: alpha = rank
-    files["peft_plain"] = (lf.write_peft(tmp / "peft_plain", c, None), c)
-    c = lf.random_lora(model, 3, alpha=2.0, bias_diffs=True)
-    for name in lf.TOP_LINEARS:  # diffusers reads alphas of block modules only in this layout
-        c.modules[name].alpha = None
-    files["original_down_up"] = (lf.write_original(tmp / "original.safetensors", c), c)
-    c = lf.random_lora(model, 4, alpha=16.0, blocks_only=True)
-    files["original_A_B"] = (lf.write_original(tmp / "original_ab.safetensors", c, style="lora_A"), c)
-    c = lf.random_lora(model, 5, alpha=12.0, blocks_only=True)  # musubi-tuner: every block linear, with alphas
-    files["kohya"] = (lf.write_kohya(tmp / "kohya.safetensors", c), c)
-    return files
 
 
 LAYOUT_NAMES = {"peft_metadata": "diffusers/PEFT", "peft_plain": "diffusers/PEFT", "original_down_up": "official/ComfyUI",

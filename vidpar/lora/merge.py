@@ -133,7 +133,7 @@ class LoraHandle:
 
     def _local(self, key: ParamKey) -> torch.Tensor:
         p = self._param(key)
-        return p.to_local() if hasattr(p, "to_local") else p.data
+        return p.to_local() if hasattr(p, "to_local") else p  # written under no_grad, never through .data
 
     def _original(self, key: ParamKey) -> torch.Tensor:
         """The original local rows of a parameter (saved on first touch). Originals saved before FSDP sharding
@@ -158,13 +158,17 @@ class LoraHandle:
 
         try:
             run_agreed(self.ctx, write, what="merging LoRAs")
-        except Exception:
-            with torch.no_grad():
-                for key in touched:
-                    if key in self._originals:
-                        _write(self._param(key), self._local(key), self._original(key), rollback_to.get(key, []))
-                    if key not in rollback_to:
-                        self._originals.pop(key, None)
+        except Exception as error:
+            try:
+                with torch.no_grad():
+                    for key in touched:
+                        if key in self._originals:
+                            _write(self._param(key), self._local(key), self._original(key), rollback_to.get(key, []))
+                        if key not in rollback_to:
+                            self._originals.pop(key, None)
+            except Exception as again:
+                raise RuntimeError(f"merging LoRAs failed ({error}) and putting the previous weights back failed "
+                                   f"too ({again}): reload the model") from again
             raise
 
 

@@ -84,15 +84,15 @@ def fsdp_task(env, degrees, folder, chosen):
     report = {"before_weights": _equal_state(full_state_dict(before), want),
               "before_out": max_rel_error(out_before, want_out), "fsdp_itself": fsdp_itself}
 
-    # sharded first, one forward (FSDP keeps the root unsharded after it), then merged in two steps
+    # sharded first, one forward, then merged in two steps (shard-local)
     after = WanTransformer3D.from_pretrained(folder)
     vidpar.parallelize(after, ctx)
     shard_weights(after, list(after.blocks), ctx)
     after(*x)
     h_after = apply_loras({"main": after}, first, WAN_LORA_KEYS, ctx)
     h_after.add(rest)
-    out_after = after(*x)
     report["after_sharded"] = {type(p).__name__ for p in after.parameters()} == {"DTensor"}
+    out_after = after(*x)
     report["after_weights"] = _equal_state(full_state_dict(after), want)
     report["after_out"] = max_rel_error(out_after, want_out)
     report["kept_fraction"] = h_after.kept_bytes() / h_before.kept_bytes()
@@ -118,6 +118,65 @@ def test_fsdp_merge_equals_unsharded_merge(pools, setup, degrees):
         assert r["after_restored"] == [] and r["before_restored"] == [], (rank, r)
         # shard-local originals: about half of the unsharded ones on 2 ranks
         assert 0.4 < r["kept_fraction"] < 0.6, r["kept_fraction"]
+
+
+class _IdentityKeys:
+    """A LoraKeyMap for a plain torch module whose file names are its own module paths."""
+
+    namings = ("original",)
+
+    def to_native(self, name: str, naming: str) -> str:
+        return name
+
+    def from_native(self, native: str, naming: str) -> str:
+        return native
+
+
+def _toy_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Sequential(torch.nn.Linear(5, 3)), torch.nn.Linear(3, 2))
+
+
+@torch.no_grad()
+def toy_fsdp_task(env, file):
+    """Not Wan: any module. Trainable weights make FSDP keep the root's weights gathered after a forward; the
+    merge must write the shards (which the next forward gathers), not those gathered copies."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import fully_shard
+
+    ctx = env.context(ParallelConfig(2, 1, 1))
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    plain = _toy_model()
+    apply_loras({"main": plain}, [LoraSpec(file, 0.5)], _IdentityKeys(), ctx)
+    model = _toy_model()
+    mesh = DeviceMesh.from_group(dist.group.WORLD, "cpu")
+    fully_shard(model[1], mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model(x)
+    gathered = type(model[0].weight).__name__ != "DTensor"
+    handle = apply_loras({"main": model}, [LoraSpec(file, 0.5)], _IdentityKeys(), ctx)
+    out, want = model(x), plain(x)
+    weights = _equal_state(full_state_dict(model), plain.state_dict())
+    handle.remove()
+    restored = _equal_state(full_state_dict(model), _toy_model().state_dict())
+    return gathered, weights, max_rel_error(out, want), restored
+
+
+def test_fsdp_merge_writes_the_shards_of_any_module(pools, tmp_path):
+    g = torch.Generator().manual_seed(3)
+    sd = {}
+    for name, (out_f, in_f) in {"0": (5, 4), "1.0": (3, 5), "2": (2, 3)}.items():
+        sd[f"diffusion_model.{name}.lora_down.weight"] = torch.randn(2, in_f, generator=g)
+        sd[f"diffusion_model.{name}.lora_up.weight"] = torch.randn(out_f, 2, generator=g)
+        sd[f"diffusion_model.{name}.diff_b"] = torch.randn(out_f, generator=g)
+    from safetensors.torch import save_file
+
+    save_file(sd, str(tmp_path / "toy.safetensors"))
+    for gathered, weights, err, restored in pools(2).run(toy_fsdp_task, tmp_path / "toy.safetensors"):
+        assert gathered, "premise: FSDP kept the root's weights gathered after the forward"
+        assert weights == [] and restored == [], (weights, restored)
+        assert err <= 1e-6, err
 
 
 def one_rank_differs_task(env, folder, per_rank_files):

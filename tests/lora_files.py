@@ -231,6 +231,8 @@ def diffusers_readable_files(model, tmp: Path) -> dict[str, tuple[Path, object]]
     files["original_A_B"] = (write_original(tmp / "original_ab.safetensors", c, style="lora_A"), c)
     c = random_lora(model, 5, alpha=12.0, blocks_only=True)  # musubi-tuner: every block linear, with alphas
     files["kohya"] = (write_kohya(tmp / "kohya.safetensors", c), c)
+    c = random_lora(model, 6, rank=4, alpha=6.0, rank_of={"blocks.1.ffn.0": 2})  # rank-stabilised: alpha/sqrt(r)
+    files["peft_rslora"] = (write_peft(tmp / "peft_rslora", c, peft_metadata(c, 4, 6.0, use_rslora=True)), c)
     return files
 
 

@@ -32,10 +32,10 @@ def base(tmp_path_factory):
 
 
 LAYOUT_NAMES = {"peft_metadata": "diffusers/PEFT", "peft_plain": "diffusers/PEFT", "original_down_up": "official/ComfyUI",
-                "original_A_B": "official/ComfyUI", "kohya": "kohya"}
+                "original_A_B": "official/ComfyUI", "kohya": "kohya", "peft_rslora": "diffusers/PEFT"}
 
 
-@pytest.mark.parametrize("layout", ["peft_metadata", "peft_plain", "original_down_up", "original_A_B", "kohya"])
+@pytest.mark.parametrize("layout", list(LAYOUT_NAMES))
 def test_merged_output_matches_diffusers_peft(base, tmp_path, layout):
     folder, _ = base
     model = WanTransformer3D.from_pretrained(folder)
@@ -60,13 +60,13 @@ def test_several_loras_of_every_layout_add_up_like_diffusers(base, tmp_path):
     folder, _ = base
     model = WanTransformer3D.from_pretrained(folder)
     files = diffusers_readable_files(model, tmp_path)
-    strengths = [0.7, -0.4, 1.1, 0.5, 0.9]
+    strengths = [0.7, -0.4, 1.1, 0.5, 0.9, -0.3]
     chosen = [(path, s) for (path, _), s in zip(files.values(), strengths)]
     expected = diffusers_wan_forward(diffusers_with_loras(folder, chosen), *inputs())
     handle = apply_loras({"main": model}, [f"{p}:{s}" for p, s in chosen], WAN_LORA_KEYS)
     with torch.no_grad():
         err = max_rel_error(model(*inputs()), expected)
-    print(f"five LoRAs, five layouts: vidpar vs diffusers {err:.2e}")
+    print(f"six LoRAs of every layout diffusers reads: vidpar vs diffusers {err:.2e}")
     assert err <= TOL_FP32, err
     assert [s.strength for s in handle.specs] == strengths
 

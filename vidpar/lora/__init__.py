@@ -3,7 +3,7 @@
 A family hands over its denoisers (``{"high": dit, "low": dit_2}``) and a ``LoraKeyMap`` (its module renaming);
 nothing here knows a family. Typical use::
 
-    handle = apply_loras({"high": dit}, [LoraSpec.parse("style.safetensors:0.8")], WAN_LORA_KEYS, ctx)
+    handle = apply_loras({"high": dit}, [LoraSpec.parse("style.safetensors:0.8")], family_keys, ctx)
     ...
     handle.add([LoraSpec("lightning.safetensors")])   # more, re-merged from the originals
     handle.remove()                                     # the original weights, bit for bit

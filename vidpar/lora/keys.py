@@ -1,7 +1,7 @@
 """From a file's module names to the native module paths of a denoiser.
 
-A model family supplies a ``LoraKeyMap`` (e.g. ``vidpar.models.wan.lora_keys.WAN_LORA_KEYS``) that renames module
-paths between its checkpoint namings (``"original"``: the authors' names, ``"diffusers"``) and its native module
+A model family supplies a ``LoraKeyMap`` (in its own folder under ``vidpar/models/``) that renames module paths
+between its checkpoint namings (``"original"``: the authors' names, ``"diffusers"``) and its native module
 tree. Everything else here is model-neutral: the kohya naming is the original one with ``.`` written as ``_``, and
 a bare file (no prefix) is read in whichever naming matches all of its names.
 """

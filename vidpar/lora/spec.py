@@ -1,9 +1,9 @@
 """What the user asks for: one LoRA file, its strength and which denoiser(s) it goes into.
 
 ``FILE[:STRENGTH[:TARGET]]`` on the command line (``--lora style.safetensors:0.8``,
-``--lora high.safetensors:1:high --lora low.safetensors:1:low`` for a Wan 2.2 A14B pair). ``TARGET`` names a
-denoiser of the model (the family names them, e.g. ``high``/``low`` for the two A14B experts); the default
-``both`` puts the LoRA into every denoiser.
+``--lora high.safetensors:1:high --lora low.safetensors:1:low`` for a LoRA pair made for a model with two
+experts). ``TARGET`` names a denoiser of the model (the family names them, e.g. ``high``/``low`` for a high-noise
+and a low-noise expert); the default ``both`` puts the LoRA into every denoiser.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ setup(
             "diffusers==0.42.1",
             "transformers",
             "accelerate",
+            "peft",  # diffusers' LoRA loading: the reference for vidpar.lora
             "av",
             "tqdm",
         ],

@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -110,7 +110,8 @@ class Pipeline:
     """
 
     def __init__(
-        self, comps: LoadedModel, ctx: ParallelContext, dtype: torch.dtype, vae_mode: str = "auto", fsdp: bool = False
+        self, comps: LoadedModel, ctx: ParallelContext, dtype: torch.dtype, vae_mode: str = "auto", fsdp: bool = False,
+        loras: Sequence[Any] = (),
     ) -> None:
         if ctx.config.cfg > 2:
             raise ValueError(f"cfg degree must be 1 or 2 (two guidance branches), got {ctx.config.cfg}")
@@ -134,6 +135,9 @@ class Pipeline:
             shard_weights(te[0], te[1], ctx)
         # The decode uses every rank; the video lands on rank 0 only (others would hold it for nothing).
         parallelize(comps.vae, ctx, vae_mode=vae_mode, output="rank0")
+        self._loras = None  # a vidpar.lora.LoraHandle once a LoRA is loaded (merged after sharding: 1/P kept)
+        if loras:
+            self.load_loras(loras)
 
     @classmethod
     def from_pretrained(
@@ -147,6 +151,7 @@ class Pipeline:
         plan_for: tuple[int, int, int] | None = None,
         fsdp: bool = False,
         backend: str | None = None,
+        loras: Sequence[Any] = (),
     ) -> "Pipeline":
         """Load a built-in model or a checkpoint folder of any registered family and set up the mesh.
 
@@ -160,7 +165,12 @@ class Pipeline:
             fsdp: shard the denoiser and text-encoder weights over every rank (FSDP2); identical results, ~1/P of
                 the weight memory per GPU. Without it the text encoder lives on rank 0 only and its output is
                 broadcast.
+            loras: LoRAs merged after loading (see ``load_loras``), e.g. ``[("lightx2v.safetensors", 1.0)]``.
         """
+        if loras:
+            from vidpar.lora import LoraSpec
+
+            loras = [LoraSpec.coerce(x) for x in loras]  # every rank, before any collective
         family, source = check_source(path_or_name)  # every rank, before any collective or weight
         ctx = init_parallel(_resolve_parallel(parallel, family, source, plan_for), backend=backend, timeout=timeout)
         if dtype is None:
@@ -169,7 +179,39 @@ class Pipeline:
         comps = ctx_agree(ctx, lambda: family.load(
             source, dtype=dtype, device=ctx.device, attention_backend=attention_backend,
             load_text_encoder=holds_text_encoder, load_image_encoder=ctx.rank == 0))
-        return cls(comps, ctx, dtype, vae_mode, fsdp)
+        return cls(comps, ctx, dtype, vae_mode, fsdp, loras)
+
+    # ---- LoRAs ----
+
+    def load_loras(self, loras: Sequence[Any]) -> None:
+        """Merge LoRAs (``LoraSpec``, ``"FILE[:STRENGTH[:TARGET]]"`` or ``(path, strength[, target])``; same list on
+        every rank) into the denoisers, exactly (``W + strength * alpha/rank * B @ A`` in fp32, cast once). A bad
+        file raises ``ValueError`` on every rank with no weight changed."""
+        from vidpar.lora import LoraHandle, LoraSpec
+
+        specs = [LoraSpec.coerce(x) for x in loras]
+        if self.comps.lora_keys is None:
+            raise ValueError(f"{self.card.name}: its family ({self.card.family}) does not take LoRAs yet")
+        if self._loras is None:
+            self._loras = LoraHandle(self.comps.lora_targets(), self.comps.lora_keys, self.ctx)
+        self._loras.add(specs)
+
+    def load_lora(self, path: str | Path, strength: float = 1.0, target: str = "both") -> None:
+        """Merge one LoRA file (``target``: ``"both"``, or one expert of a two-expert model: ``"high"``/``"low"``)."""
+        from vidpar.lora import LoraSpec
+
+        self.load_loras([LoraSpec(Path(path), strength, target)])
+
+    def unload_loras(self) -> None:
+        """Restore the denoisers' original weights, bit for bit."""
+        if self._loras is not None:
+            self._loras.remove()
+            self._loras = None
+
+    @property
+    def loras(self) -> tuple:
+        """The merged ``LoraSpec``s, in the order they were loaded."""
+        return () if self._loras is None else self._loras.specs
 
     # ---- the steps of a generation ----
 
@@ -365,6 +407,8 @@ class Pipeline:
         ckpt = None
         if checkpoint_dir is not None:
             key = {**asdict(req), "model": self.card.name}
+            if self._loras is not None and self._loras.specs:  # a resume with other LoRAs must not mix two runs
+                key["loras"] = self._loras.digest
             if image is not None:  # a snapshot must not be resumed with another image
                 key["image"] = self.comps.image_digest(image, req.height, req.width)
             ckpt = DenoiseCheckpoint(Path(checkpoint_dir), checkpoint_every, key)

@@ -59,12 +59,28 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--flow-shift", type=float, default=None, help="default: the checkpoint's")
     own.add_argument("--fps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora", action="append", default=[], type=lora_arg, metavar="FILE[:STRENGTH[:TARGET]]",
+                        help="merge a LoRA (repeatable; strength default 1.0; TARGET 'both', or 'high'/'low' for one "
+                             "expert of a two-expert model). Few-step LoRAs: see the README")
     parser.add_argument("--vae-mode", choices=VAE_MODES, default="auto", help="parallel VAE decode layout")
     parser.add_argument("--checkpoint-dir", default=None,
                         help="snapshot the denoising state here (shared by all nodes); rerunning the same command "
                              "resumes, and skips prompts whose output already exists")
     parser.add_argument("--checkpoint-every", type=int, default=1, metavar="K", help="snapshot every K steps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def lora_arg(value: str):
+    """``--lora FILE[:STRENGTH[:TARGET]]`` -> ``LoraSpec`` (argparse shows the parse error as a usage error)."""
+    from vidpar.lora import LoraSpec
+
+    try:
+        spec = LoraSpec.parse(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not Path(spec.path).is_file():
+        raise argparse.ArgumentTypeError(f"{spec.path}: no such file")
+    return spec
 
 
 @dataclass(frozen=True)
@@ -232,7 +248,7 @@ def run_generate(args: argparse.Namespace) -> int:
         log.info("%s; mesh ulysses=%d ring=%d cfg=%d", launch.describe(), config.ulysses, config.ring, config.cfg)
         pipe = Pipeline.from_pretrained(source, parallel=config, dtype=DTYPES[args.dtype],
                                         attention_backend=args.attention_backend, vae_mode=args.vae_mode,
-                                        backend=args.backend, timeout=timeout_of(args))
+                                        backend=args.backend, timeout=timeout_of(args), loras=args.lora)
         for hook in debug_hooks(rank):
             pipe.comps.transformer.register_forward_pre_hook(hook)
         log.info("loaded %s (%s) in %.1f s; %dx%d, %d frames, %d steps, guidance %g, %s shift %g", args.model,

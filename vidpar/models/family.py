@@ -190,6 +190,18 @@ class LoadedModel(ABC):
         """``(encoder module, its blocks)`` sharded when FSDP is on; None if there is none to shard."""
         return None
 
+    def lora_targets(self) -> dict[str, nn.Module]:
+        """The denoisers LoRAs may target, by name: ``{"main": dit}``, or ``{"high": ..., "low": ...}`` for a
+        two-expert model (a LoRA's ``target`` is one of these names or ``"both"``)."""
+        dits = self.denoisers()
+        return {"main": dits[0]} if len(dits) == 1 else {"high": dits[0], "low": dits[1]}
+
+    @property
+    def lora_keys(self) -> Any:
+        """The family's ``vidpar.lora.LoraKeyMap`` (LoRA file names -> native module paths); None: this family
+        does not take LoRAs."""
+        return None
+
     @property
     def has_text_encoder(self) -> bool:
         """Whether this rank holds the text encoder (without FSDP only rank 0 does)."""

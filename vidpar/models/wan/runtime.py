@@ -50,6 +50,12 @@ class WanRuntime(LoadedModel):
     def has_text_encoder(self) -> bool:
         return self.text_encoder is not None
 
+    @property
+    def lora_keys(self):
+        from .lora_keys import WAN_LORA_KEYS
+
+        return WAN_LORA_KEYS
+
     # ---- prompts
 
     def check_prompts(self, prompts: Sequence[str]) -> None:

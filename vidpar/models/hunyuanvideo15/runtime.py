@@ -64,6 +64,12 @@ class HunyuanComponents(LoadedModel):
     def has_text_encoder(self) -> bool:
         return self.prompt_encoder is not None
 
+    @property
+    def lora_keys(self):
+        from .lora_keys import HUNYUAN_LORA_KEYS
+
+        return HUNYUAN_LORA_KEYS
+
     # ---- prompts
 
     def check_prompts(self, prompts: Sequence[str]) -> None:

@@ -57,6 +57,7 @@ class DecodeRuntime:
 
     group: PatchGroup | None = None
     groups: dict = field(default_factory=dict)  # (pipe, patch, active) -> PatchGroup; keys identical on all ranks
+    attention_backends: list = field(default_factory=list)  # of the swapped attention ops, checked before decoding
 
 
 class HaloConv(nn.Module):
@@ -198,6 +199,8 @@ class ParallelDecodeLoop(nn.Module):
         frames, h = shape[2], shape[3]
         pipe, patch = self.layout(frames, decoder.num_stages)
         active = min(patch, h)
+        for backend in self.runtime.attention_backends:  # same answer on every rank, idle ones included
+            resolve_backend(backend, x.device, x.dtype, need_lse=active > 1)
         group = self._group(pipe, patch, active)
         ranges = balance_stages(self.stage_costs(decoder, tuple(shape)), pipe)
         self.runtime.group = group
@@ -268,6 +271,7 @@ class _SwapAttention:
     runtime: DecodeRuntime
 
     def apply(self, module, ctx, applied, path) -> None:
+        self.runtime.attention_backends.append(module.backend)
         applied.swap(path, BandAttention(self.runtime, module.backend))
 
 

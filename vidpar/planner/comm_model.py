@@ -23,18 +23,19 @@ One parallel VAE decode (``predict_vae_comm_bytes``) is walked conv by conv from
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from vidpar.models.wan.transformer_config import WanTransformerConfig
 from vidpar.models.wan.vae_config import DecoderLevel, WanVAEConfig
 from vidpar.parallel.config import ParallelConfig
 from vidpar.parallel.split import split_sizes
-from vidpar.parallel.vae_decode import AUTO_MIN_FRAMES
-from vidpar.parallel.vae_decode_comm import StageTraffic, decode_comm_bytes
 from vidpar.parallel.vae_pipeline import balance_stages
 
 from .workload import num_tokens
 
+CONTROL_INTS = 7  # attention's metadata row: [S_local, B, H, D, Dv, joint tokens, dtype code]
+INT64 = 8
 KEYS = ("ulysses", "ring", "sp", "cfg", "control")
 
 
@@ -146,11 +147,13 @@ def predict_step_comm_bytes(
     return out
 
 
-# ---- the parallel VAE decode (``vidpar.models.wan.vae_plan`` over ``vidpar.parallel.vae_decode``) ---------------
+# ---- the parallel VAE decode (``vidpar.models.wan.vae_plan``) ---------------------------------------------------
 
 VAE_MODES = ("auto", "patch", "pipeline", "combined")
 VAE_OUTPUTS = ("all", "rank0")
-VAE_AUTO_MIN_FRAMES = AUTO_MIN_FRAMES  # latent frames from which "auto" pipelines
+VAE_AUTO_MIN_FRAMES = 8  # as ``vae_plan.AUTO_MIN_FRAMES``: latent frames from which "auto" pipelines
+SHAPE_INTS = 5  # the decode loop's shape check: all-gather of [B, z_dim, T, h, w] over the world ("control")
+META_INTS = 8  # ``collect_bands``' band-shape broadcast and ``stream_chunks``' per-chunk header (int64 each)
 
 
 def vae_num_stages(cfg: WanVAEConfig) -> int:
@@ -259,31 +262,57 @@ def _walk_stage(
     return halo, 0
 
 
-def _stage_traffic(cfg: WanVAEConfig, w: int, first: bool) -> list[StageTraffic]:
-    """Every decoder stage's traffic for one latent chunk (the first or a later one), per batch item."""
-    dims, blocks = cfg.decoder_dims(), cfg.decoder_levels()
-    x = _Chunk(cfg.z_dim, 1, w)
-    out = []
-    for s in range(vae_num_stages(cfg)):
-        halo, seqs = _walk_stage(cfg, dims, blocks, s, x, first)
-        out.append(StageTraffic(halo_row=halo, attn_rows=seqs * w, attn_channels=x.c if seqs else 0,
-                                out_elems_per_row=x.c * x.t * 2**x.k * x.w))
-    return out
-
-
 def _vae_bytes_of_rank(
     cfg: WanVAEConfig, batch: int, frames: int, h: int, w: int, world: int, pipe: int, patch: int, output: str,
     eb: int, rank: int,
 ) -> dict[str, int]:
     """Bytes ``rank`` sends in one decode of a ``[batch, z, frames, h, w]`` latent on a ``pipe x patch`` layout;
-    ``eb``: activation element bytes. The loop's generic traffic is ``vidpar.parallel.vae_decode_comm``'s."""
+    ``eb``: activation element bytes."""
+    out: dict[str, int] = defaultdict(int)
+    if world == 1:
+        return {}
+    out["control"] += SHAPE_INTS * INT64 * (world - 1)
+    active = min(patch, h)
+    pipe_index, band = divmod(rank, patch)
+    stages = vae_num_stages(cfg)
+    dims, blocks = cfg.decoder_dims(), cfg.decoder_levels()
     ranges = balance_stages(vae_stage_costs(cfg, h, w), pipe)
-    first, steady = _stage_traffic(cfg, w, True), _stage_traffic(cfg, w, False)
-    p = cfg.patch
-    video_row = (cfg.out_channels // (p * p)) * (1 + cfg.temporal_factor * (frames - 1)) * cfg.spatial_factor
-    video_row *= w * cfg.spatial_factor
-    return decode_comm_bytes(lambda t: first if t == 0 else steady, frames, h, batch, ranges, patch, output, eb,
-                             rank, video_row)
+    band_rows = split_sizes(h, active)
+    lengths = [r * w for r in band_rows]  # mid-block attention tokens per band rank
+    t_video = 0
+    for first in (True, False):
+        chunks = 1 if first else frames - 1
+        if chunks == 0:
+            continue
+        x = _Chunk(cfg.z_dim, 1, w)
+        lo, hi = ranges[pipe_index]
+        for s in range(stages):
+            halo, seqs = _walk_stage(cfg, dims, blocks, s, x, first)
+            if not (lo <= s < hi) or band >= active:
+                continue
+            neighbours = (band > 0) + (band + 1 < active)
+            out["vae.sp"] += chunks * batch * eb * neighbours * halo
+            if seqs and active > 1:
+                out["vae.control"] += chunks * CONTROL_INTS * INT64 * (active - 1)
+                held = sum(lengths[(band - step) % active] for step in range(active - 1))
+                out["vae.ring"] += chunks * eb * batch * seqs * held * 2 * x.c
+            if s == hi - 1 and pipe_index < pipe - 1:  # hand-off to the next stage group: header + activation
+                act = batch * x.c * x.t * band_rows[band] * 2**x.k * x.w
+                out["vae.world"] += chunks * (META_INTS * INT64 + eb * act)
+        t_video += chunks * x.t
+    # collect_bands: the shape broadcast from the first source, then the bands (broadcast, or sent to rank 0).
+    sources = [(pipe - 1) * patch + i for i in range(active)]
+    if rank == sources[0]:
+        out["vae.world"] += META_INTS * INT64 * (world - 1)
+    if rank in sources:
+        p = cfg.patch
+        band_video = batch * (cfg.out_channels // (p * p)) * t_video * band_rows[band] * cfg.spatial_factor
+        band_video *= w * cfg.spatial_factor
+        if output == "all":
+            out["vae.world"] += eb * band_video * (world - 1)
+        elif rank != 0:
+            out["vae.world"] += eb * band_video
+    return {k: v for k, v in out.items() if v}
 
 
 def predict_vae_comm_bytes(

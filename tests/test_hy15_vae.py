@@ -270,3 +270,50 @@ def test_bad_inputs_raise():
         model.encode(torch.zeros(1, 3, 5, 16, 20))
     with pytest.raises(ValueError, match="channels"):
         model.encode(torch.zeros(1, 4, 5, 16, 16))
+
+
+# ---- planner figures from the config -----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_planner_workload_counts_match_the_modules():
+    """Parameters and conv FLOPs from the config equal the module's (FLOPs by torch's counter on a steady chunk)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vidpar.models.hunyuanvideo15.vae_comm_model import predict_vae_comm_bytes
+    from vidpar.models.hunyuanvideo15.vae_memory import param_count
+
+    for kind in ("tiny", "shortcuts", "released"):
+        cfg = HunyuanVideo15VAEConfig(**tiny_kwargs(kind))
+        model = HunyuanVideo15VAE(cfg).eval()
+        work = cfg.planner_workload()
+        assert work.params == param_count(cfg) == sum(p.numel() for p in model.parameters())
+        assert param_count(cfg, "decoder") == sum(p.numel() for p in model.decoder.parameters())
+        assert (work.temporal, work.spatial, work.z_dim, work.num_stages()) == (4, cfg.spatial_factor, 4,
+                                                                                model.decoder.num_stages)
+        assert len(work.stage_costs(3, 4, frames=5)) == work.num_stages()
+        z = latents(cfg, 2, 2, 3, seed=1)
+        cache: dict = {}
+        model.decoder(z[:, :, :1], cache, first_chunk=True)
+        with FlopCounterMode(display=False) as counter:
+            model.decoder(z[:, :, 1:], cache, first_chunk=False)  # a steady chunk: 4 output frames
+        counts = counter.get_flop_counts()["Global"]
+        conv = sum(v for op, v in counts.items() if "convolution" in str(op))
+        assert conv == work.decode_flops_per_pixel * 4 * 2 * 3 * cfg.spatial_factor**2
+        want = predict_vae_comm_bytes(cfg, (3, 5, 4), 4, "patch")
+        assert work.decode_comm_bytes((3, 5, 4), 4, "patch", "all") == want
+        assert work.decode_bytes_per_chunk_pixel > 0
+
+
+def test_memory_estimate_scales_with_bands():
+    from vidpar.models.hunyuanvideo15.vae_memory import memory_table, vae_decode_peak_bytes
+
+    cfg = HunyuanVideo15VAEConfig()
+    shape = (1, 32, 31, 45, 80)  # 1280x720, 121 frames
+    peaks = [vae_decode_peak_bytes(cfg, shape, (1, p), 2, "none") for p in (1, 2, 4, 8)]
+    assert peaks == sorted(peaks, reverse=True)
+    weights = cfg.planner_workload().params * 2
+    assert peaks[2] - weights < (peaks[0] - weights) / 3  # the working set and caches split over the bands
+    assert vae_decode_peak_bytes(cfg, shape, (1, 4), 2, "all") >= peaks[2]
+    assert vae_decode_peak_bytes(cfg, shape, (2, 2), 2, "none") > peaks[2]  # the full-resolution stage on 2 ranks
+    assert {r["video"] for r in memory_table((1, 2))} == {"848x480", "1280x720"}

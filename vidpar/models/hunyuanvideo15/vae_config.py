@@ -196,6 +196,12 @@ class HunyuanVideo15VAEConfig:
         d.pop("shift_factor")
         return d
 
+    def planner_workload(self):
+        """The planner's ``VaeWorkload`` of this config (exact decode comm walk and parameter count, estimates)."""
+        from .vae_workload import HunyuanVideo15VaeWorkload
+
+        return HunyuanVideo15VaeWorkload(self)
+
     @classmethod
     def preset(cls, name: str) -> "HunyuanVideo15VAEConfig":
         """A released VAE's config; ``name`` is one of ``HUNYUANVIDEO15_VAE_PRESETS``."""

@@ -7,6 +7,7 @@ real arithmetic, see ``vae_blocks``), so fp32 results agree to rounding: max |di
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -122,7 +123,7 @@ def test_latent_scaling_matches_the_pipelines(pairs):
     sf = ref.config.scaling_factor
     assert torch.equal(model.denormalize_latents(z), z / sf)  # HunyuanVideo15Pipeline before vae.decode
     assert torch.equal(model.normalize_latents(z), z * sf)  # HunyuanVideo15ImageToVideoPipeline image latents
-    shifted = HunyuanVideo15VAE(HunyuanVideo15VAEConfig(**{**model.config.__dict__, "shift_factor": 0.25}))
+    shifted = HunyuanVideo15VAE(dataclasses.replace(model.config, shift_factor=0.25))
     assert torch.equal(shifted.denormalize_latents(z), z / sf + 0.25)  # the official pipeline with a shift
     assert torch.equal(shifted.normalize_latents(z), (z - 0.25) * sf)
     assert torch.allclose(shifted.normalize_latents(shifted.denormalize_latents(z)), z, atol=1e-6)
@@ -209,7 +210,7 @@ def test_official_layout_loads_and_matches(kind, tmp_path):
     want = ref.decode(z).sample
     for model in (HunyuanVideo15VAE.from_pretrained(tmp_path / "ckpts"),
                   HunyuanVideo15VAE.from_pretrained(folder / "diffusion_pytorch_model.safetensors", config=cfg),
-                  HunyuanVideo15VAE.from_pretrained(tmp_path / "vae.pt", config=cfg.__dict__)):
+                  HunyuanVideo15VAE.from_pretrained(tmp_path / "vae.pt", config=dataclasses.asdict(cfg))):
         assert model.config == cfg
         assert rel_err(model.decode(z), want) <= TOL
     x = video(cfg, 5, 1, 2, seed=3)

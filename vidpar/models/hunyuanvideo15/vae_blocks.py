@@ -67,7 +67,7 @@ class CausalConv3d(nn.Module):
         self.time_context = kernel_size - 1
         self.conv = ReplicatePadConv3d(in_channels, out_channels, kernel_size)
 
-    def extend_time(self, x: torch.Tensor, cache: TimeCache | None) -> torch.Tensor:
+    def with_time_context(self, x: torch.Tensor, cache: TimeCache | None) -> torch.Tensor:
         """``[B, C, T, H, W]`` -> ``[B, C, T + kt - 1, H, W]``: the previous chunk's last frames in front (first
         chunk or no cache: copies of frame 0, as replicate padding); stores this chunk's last ones for the next."""
         prev = cache.get(self) if cache is not None else None
@@ -80,7 +80,7 @@ class CausalConv3d(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
         """x ``[B, C_in, T, H, W]`` -> ``[B, C_out, T, H, W]``."""
-        return self.conv(self.extend_time(x, cache))
+        return self.conv(self.with_time_context(x, cache))
 
 
 class RMSNorm(nn.Module):

@@ -1,11 +1,11 @@
-"""Per-rank peak memory of the patch-parallel Wan VAE decode vs one process, and the memory model's prediction.
+"""Per-rank peak memory of the patch-parallel VAE decode vs one process, and the memory model's prediction.
 
 CPU measurement: each configuration runs in fresh processes (``ru_maxrss`` is a high-water mark); a rank's peak is
 ``ru_maxrss`` after the decode minus its resident size just before it (model, latent and torch already loaded).
 Large tensors are mmap'ed by glibc and returned on free, so the resident size follows the live tensor bytes.
 (On a GPU the same script would read ``torch.cuda.max_memory_allocated``; not run here: no GPU.)
 
-    python benchmarks/vae_memory.py [--latent 3 24 40] [--base-dim 16]
+    python benchmarks/vae_memory.py [--vae wan|hunyuanvideo15] [--latent 3 24 40]
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-CFG = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True])
+# Small VAEs of each layout: (config dict, default latent (T, h, w)).
+VAES = {
+    "wan": (dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
+                 temperal_downsample=[False, True, True]), [3, 24, 40]),
+    "hunyuanvideo15": (dict(latent_channels=16, block_out_channels=[8, 16, 32, 64, 64], layers_per_block=1,
+                            spatial_compression_ratio=16, temporal_compression_ratio=4), [3, 12, 20]),
+}
 
 
 def _rss_kib() -> int:
@@ -29,19 +35,31 @@ def _rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def _build(latent):
-    from vidpar.models.wan.vae import WanVAE
-    from vidpar.models.wan.vae_config import WanVAEConfig
+def _family(name: str):
+    """(config, model class, memory model, parameter count) of the VAE ``name``."""
+    if name == "wan":
+        from vidpar.models.wan.vae import WanVAE
+        from vidpar.models.wan.vae_config import WanVAEConfig
+        from vidpar.models.wan.vae_memory import _param_count, vae_decode_peak_bytes
 
+        return WanVAEConfig.from_dict(VAES[name][0]), WanVAE, vae_decode_peak_bytes, _param_count
+    from vidpar.models.hunyuanvideo15 import HunyuanVideo15VAE, HunyuanVideo15VAEConfig
+    from vidpar.models.hunyuanvideo15.vae_memory import param_count, vae_decode_peak_bytes
+
+    return HunyuanVideo15VAEConfig(**VAES[name][0]), HunyuanVideo15VAE, vae_decode_peak_bytes, param_count
+
+
+def _build(name, latent):
+    cfg, cls, _, _ = _family(name)
     torch.manual_seed(0)
-    vae = WanVAE(WanVAEConfig.from_dict(CFG)).eval()
-    z = torch.randn(1, 16, *latent, generator=torch.Generator().manual_seed(1))
+    vae = cls(cfg).eval()
+    z = torch.randn(1, cfg.z_dim, *latent, generator=torch.Generator().manual_seed(1))
     return vae, z
 
 
-def _worker(rank, world, port, latent, output, queue):
+def _worker(rank, world, port, name, latent, output, queue):
     torch.set_num_threads(1)
-    vae, z = _build(latent)
+    vae, z = _build(name, latent)
     if world > 1:
         import vidpar
         from vidpar.parallel import ParallelConfig, init_parallel
@@ -62,13 +80,13 @@ def _worker(rank, world, port, latent, output, queue):
         dist.destroy_process_group()
 
 
-def measure(world: int, latent, output: str) -> list:
+def measure(name: str, world: int, latent, output: str) -> list:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, latent, output, q)) for r in range(world)]
+    procs = [ctx.Process(target=_worker, args=(r, world, port, name, latent, output, q)) for r in range(world)]
     for p in procs:
         p.start()
     res = sorted(q.get(timeout=900) for _ in procs)
@@ -79,34 +97,33 @@ def measure(world: int, latent, output: str) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--latent", type=int, nargs=3, default=[3, 24, 40], metavar=("T", "H", "W"))
+    ap.add_argument("--vae", choices=sorted(VAES), default="wan")
+    ap.add_argument("--latent", type=int, nargs=3, default=None, metavar=("T", "H", "W"))
     args = ap.parse_args()
-    from vidpar.models.wan.vae_config import WanVAEConfig
-    from vidpar.models.wan.vae_memory import vae_decode_peak_bytes
-
-    cfg = WanVAEConfig.from_dict(CFG)
-    shape = (1, 16, *args.latent)
+    latent = args.latent or VAES[args.vae][1]
+    cfg, _, peak_model, _ = _family(args.vae)
+    shape = (1, cfg.z_dim, *latent)
+    base = _weights_latent(args.vae, shape)
     out = []
-    single = measure(1, args.latent, "all")[0][1]
-    model1 = vae_decode_peak_bytes(cfg, shape, (1, 1), 4, im2col=True) - _weights_latent(cfg, shape)
+    single = measure(args.vae, 1, latent, "all")[0][1]
+    model1 = peak_model(cfg, shape, (1, 1), 4, im2col=True) - base
     out.append(dict(P=1, output="-", measured_mib=[single / 2**20], model_mib=model1 / 2**20))
     for world in (2, 4):
         for output in ("rank0", "all"):
-            res = measure(world, args.latent, output)
-            pred = {o: (vae_decode_peak_bytes(cfg, shape, (1, world), 4, o, im2col=True) - _weights_latent(cfg, shape)) / 2**20
+            res = measure(args.vae, world, latent, output)
+            pred = {o: (peak_model(cfg, shape, (1, world), 4, o, im2col=True) - base) / 2**20
                     for o in ("all", "rank0", "none")}
             out.append(dict(P=world, output=output, measured_mib=[r[1] / 2**20 for r in res],
                             model_mib=pred[output] if output == "all" else [pred["rank0"], pred["none"]],
                             goal_mib=single / world / 2**20 * 1.1, stale=[r[2] for r in res]))
-    print(json.dumps(dict(config=CFG, latent=shape, results=out), indent=1))
+    print(json.dumps(dict(vae=args.vae, config=VAES[args.vae][0], latent=shape, results=out), indent=1))
 
 
-def _weights_latent(cfg, shape) -> int:
+def _weights_latent(name, shape) -> int:
     """What the measurement's baseline already holds (weights, latent): excluded from the model figure too."""
-    from vidpar.models.wan.vae_memory import _param_count
-
+    cfg, _, _, count = _family(name)
     b, z, t, h, w = shape
-    return _param_count(cfg) * 4 + b * z * t * h * w * 4
+    return count(cfg) * 4 + b * z * t * h * w * 4
 
 
 if __name__ == "__main__":

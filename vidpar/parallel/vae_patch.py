@@ -107,11 +107,33 @@ def build_patch_group(ctx: ParallelContext, pipe: int, patch: int, active: int) 
     return PatchGroup(pipe, patch, active, pipe_index, band_index, comm, attn_ctx)
 
 
+PAD_MODES = ("zeros", "replicate")
+
+
+def _pad_width(t: torch.Tensor, left: int, right: int, pad_mode: str) -> torch.Tensor:
+    """Pad the last dim (W) of ``[..., H, W]`` by ``left``/``right`` columns: zeros or copies of the edge column."""
+    if not (left or right):
+        return t
+    if pad_mode == "zeros":
+        return F.pad(t, (left, right, 0, 0))
+    # Replicate padding covers the last (ndim - 2) dims of a 3-/4-/5-D tensor: give W its columns, 0 for the rest.
+    return F.pad(t, (left, right) + (0, 0) * (t.dim() - 3), mode="replicate")
+
+
+def _edge_rows(x: torch.Tensor, rows: int, top: bool, pad_mode: str) -> torch.Tensor:
+    """The ``rows`` rows beyond the image's top (``top``) or bottom edge of ``x [..., H, W]``."""
+    if pad_mode == "zeros":
+        return x.new_zeros(*x.shape[:-2], rows, x.shape[-1])
+    edge = x[..., :1, :] if top else x[..., -1:, :]
+    return edge.expand(*x.shape[:-2], rows, x.shape[-1])
+
+
 def halo_conv(
     x: torch.Tensor,
     conv: Callable[[torch.Tensor], torch.Tensor],
     spatial_padding: tuple[int, int, int, int],
     group: PatchGroup,
+    pad_mode: str = "zeros",
 ) -> torch.Tensor:
     """A stride-1 "same" convolution of this rank's row band, with the missing rows taken from its neighbours.
 
@@ -124,13 +146,17 @@ def halo_conv(
         conv: the convolution with zero padding, ``[..., H + pad_top + pad_bottom, W + pad_l + pad_r] ->
             [..., H, W']``.
         spatial_padding: ``(left, right, top, bottom)`` of the single-device conv; the band above supplies
-            ``top`` rows, the band below ``bottom`` rows, zeros at the image edges and in W.
+            ``top`` rows, the band below ``bottom`` rows; at the image edges and in W the padding is ``pad_mode``'s.
+        pad_mode: ``"zeros"`` (zero padding) or ``"replicate"`` (copies of the edge row / column, as
+            ``F.pad(..., mode="replicate")``; replicate padding is separable, so H then W gives the same corners).
     Returns:
         ``[..., H_local, W']``: equal to the rows of the single-device conv that belong to this band.
     """
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"halo_conv: pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     pl, pr, pt, pb = spatial_padding
     if not (pt or pb):
-        return conv(F.pad(x, (pl, pr, 0, 0)) if pl or pr else x)
+        return conv(_pad_width(x, pl, pr, pad_mode))
     h = x.shape[-2]
     if h < max(pt, pb):
         raise ValueError(f"halo_conv: a band of {h} rows cannot supply a halo of {max(pt, pb)} rows")
@@ -147,7 +173,9 @@ def halo_conv(
         recvs.append((bottom, group.band_index + 1))
     pending = group.comm.start_exchange(sends, recvs, HALO_AXIS) if sends else None
 
-    pad_w = (lambda t: F.pad(t, (pl, pr, 0, 0))) if pl or pr else (lambda t: t)
+    def pad_w(t: torch.Tensor) -> torch.Tensor:
+        return _pad_width(t, pl, pr, pad_mode)
+
     # Rows [pt, h - pb) need no halo: convolved while the halo is in flight. (The W-padded copy is dropped at
     # once, so the peak stays that of the single-device pad + conv.)
     interior = conv(pad_w(x)) if h > pt + pb else None
@@ -155,9 +183,9 @@ def halo_conv(
     if pending is not None:
         pending.wait()
     if top is None:
-        top = x.new_zeros(*edge[:-2], pt, edge[-1])
+        top = _edge_rows(x, pt, True, pad_mode)
     if bottom is None:
-        bottom = x.new_zeros(*edge[:-2], pb, edge[-1])
+        bottom = _edge_rows(x, pb, False, pad_mode)
     if h < pt + pb:  # too thin to split into border and interior rows
         return conv(pad_w(torch.cat([top, x, bottom], dim=-2)))
     parts = []

@@ -14,11 +14,15 @@ from .transformer_loader import (
     native_state_dict_to_diffusers,
     native_state_dict_to_official,
 )
+from .vae import HunyuanVideo15VAE
+from .vae_config import HUNYUANVIDEO15_VAE_PRESETS, HunyuanVideo15VAEConfig
+from .vae_loader import load_hunyuanvideo15_vae
 from .workload import hy15_dit_params, hy15_forward_flops
 
 __all__ = [
     "GlyphEncoder",
     "GlyphTokenizer",
+    "HUNYUANVIDEO15_VAE_PRESETS",
     "HY15_TRANSFORMER_PRESETS",
     "HunyuanConditioning",
     "HunyuanImageEncoder",
@@ -27,6 +31,8 @@ __all__ = [
     "HunyuanVideo15RotaryEmbedding",
     "HunyuanVideo15Transformer3D",
     "HunyuanVideo15TransformerConfig",
+    "HunyuanVideo15VAE",
+    "HunyuanVideo15VAEConfig",
     "PromptSpec",
     "PromptStates",
     "PromptTokenizers",
@@ -36,6 +42,7 @@ __all__ = [
     "hy15_forward_flops",
     "i2v_conditioning",
     "load_hunyuanvideo15_transformer",
+    "load_hunyuanvideo15_vae",
     "native_state_dict_to_diffusers",
     "native_state_dict_to_official",
     "t2v_conditioning",

@@ -2,12 +2,13 @@
 
 Parameter names follow diffusers' ``AutoencoderKLWan`` so its state dicts load unchanged.
 
-Parallelisation hooks (used by patch-parallel / pipeline decoding, which must not change this file):
+Parallelisation hooks (the protocol of ``vidpar.parallel.vae_decode``; parallel decoding never changes this file):
 
 * Every convolution with a spatial kernel is a :class:`CausalConv3d` or a :class:`SpatialConv2d`. Both pad as a
   separate step, ``self.pad_spatial(x)`` = ``F.pad(x, self.spatial_padding)`` on the last two dims (W, H), and then
   convolve with ``padding=0``. A halo-exchange variant overrides ``pad_spatial`` (or replaces the module with one
-  holding the same weights) to fill the border from neighbouring ranks instead of zeros.
+  holding the same weights) to fill the border from neighbouring ranks instead of zeros; the causal time context
+  is the static :meth:`CausalConv3d.extend_time`, which the replacement calls on its own rows.
 * Temporal context is an explicit :class:`FeatureCache` passed down every forward; no module holds state.
 * Per-pixel ops only, except the mid-block attention (:class:`AttentionBlock`), which attends over the h*w pixels
   of each frame through ``self.attn_op`` (a ``vidpar.kernels.LocalAttention``, ``[B, S, H, D]`` layout). All norms
@@ -81,23 +82,28 @@ class CausalConv3d(nn.Conv3d):
             return x
         return F.pad(x, self.spatial_padding)
 
-    def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
-        """x ``[B, C_in, T, H, W]`` -> ``[B, C_out, T', H', W']``.
+    @staticmethod
+    def extend_time(
+        owner: nn.Module, x: torch.Tensor, cache: FeatureCache | None, time_padding: int
+    ) -> torch.Tensor:
+        """Prepend ``time_padding`` frames of causal context to ``x [B, C, T, H, W]`` (the cache entry of ``owner``).
 
         With a cache, the previous chunk's last frames replace front zero padding and this chunk's last
-        ``CACHE_T`` frames are stored for the next one.
+        ``CACHE_T`` frames are stored for the next one. Per pixel, so a row band (a ``HaloConv`` of the parallel
+        decode, passing itself as ``owner``) caches only its own rows.
         """
+        prev = cache.get(owner) if cache is not None else None
+        x_ext = torch.cat([prev.to(x.device), x], dim=2) if prev is not None else x
+        if cache is not None:
+            # Same as diffusers: keep the last CACHE_T frames of (previous context ++ this chunk).
+            cache.put(owner, x_ext[:, :, -CACHE_T:].clone())
+        missing = time_padding - (x_ext.shape[2] - x.shape[2])
+        return F.pad(x_ext, (0, 0, 0, 0, missing, 0)) if missing > 0 else x_ext
+
+    def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
+        """x ``[B, C_in, T, H, W]`` -> ``[B, C_out, T', H', W']`` (causal time context, see :meth:`extend_time`)."""
         if self.time_padding > 0:
-            prev = cache.get(self) if cache is not None else None
-            if prev is not None:
-                x_ext = torch.cat([prev.to(x.device), x], dim=2)
-            else:
-                x_ext = x
-            if cache is not None:
-                # Same as diffusers: keep the last CACHE_T frames of (previous context ++ this chunk).
-                cache.put(self, x_ext[:, :, -CACHE_T:].clone())
-            missing = self.time_padding - (x_ext.shape[2] - x.shape[2])
-            x = F.pad(x_ext, (0, 0, 0, 0, missing, 0)) if missing > 0 else x_ext
+            x = self.extend_time(self, x, cache, self.time_padding)
         x = self.pad_spatial(x)
         return F.conv3d(x, self.weight, self.bias, self.stride)
 

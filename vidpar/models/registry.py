@@ -15,6 +15,7 @@ from .family import LoadedModel, ModelCard, ModelFamily
 # name -> "module:ClassName" of the family's description object.
 FAMILIES: tuple[tuple[str, str], ...] = (
     ("wan", "vidpar.models.wan.family:WanFamily"),
+    ("hunyuanvideo-1.5", "vidpar.models.hunyuanvideo15.family:HunyuanVideo15Family"),
 )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
@@ -64,26 +64,37 @@ def find_weight_files(folder: Path, explicit: Path | None = None) -> list[Path]:
     raise FileNotFoundError(f"no .safetensors weights in {folder}")
 
 
+def _unreadable(file: Path, error: Exception) -> ValueError:
+    return ValueError(f"{file}: not a readable safetensors file (truncated or corrupt? {error})")
+
+
 def read_headers(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...], torch.dtype | None]]:
-    """Every key of ``files`` -> (file, shape, dtype), from the headers only; a key in two files is an error."""
+    """Every key of ``files`` -> (file, shape, dtype), from the headers only; a key in two files is an error.
+    A truncated or corrupt file is a ``ValueError`` naming it."""
     found: dict[str, tuple[Path, tuple[int, ...], torch.dtype | None]] = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as fh:
-            for key in fh.keys():
-                if key in found:
-                    raise ValueError(f"key {key!r} is in both {found[key][0].name} and {file.name}")
-                sl = fh.get_slice(key)
-                found[key] = (file, tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype()))
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                entries = [(key, fh.get_slice(key)) for key in fh.keys()]
+                for key, sl in entries:
+                    if key in found:
+                        raise ValueError(f"key {key!r} is in both {found[key][0].name} and {file.name}")
+                    found[key] = (file, tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype()))
+        except (OSError, RuntimeError, SafetensorError) as e:
+            raise _unreadable(file, e) from None
     return found
 
 
 def read_tensors(keys_by_file: dict[Path, list[str]]) -> dict[str, torch.Tensor]:
-    """The tensors of the given keys, each file opened once."""
+    """The tensors of the given keys, each file opened once (a file whose data is cut short is named)."""
     out: dict[str, torch.Tensor] = {}
     for file, keys in keys_by_file.items():
-        with safe_open(str(file), framework="pt") as fh:
-            for key in keys:
-                out[key] = fh.get_tensor(key)
+        try:
+            with safe_open(str(file), framework="pt") as fh:
+                for key in keys:
+                    out[key] = fh.get_tensor(key)
+        except (OSError, RuntimeError, SafetensorError) as e:
+            raise _unreadable(file, e) from None
     return out
 
 

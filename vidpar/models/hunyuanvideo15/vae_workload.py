@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vidpar.planner.workload import VaeWorkload
+
 from .vae_config import HunyuanVideo15VAEConfig
 
 
@@ -33,7 +35,7 @@ def decode_bytes_per_chunk_pixel(cfg: HunyuanVideo15VAEConfig) -> float:
 
 
 @dataclass(frozen=True)
-class HunyuanVideo15VaeWorkload:
+class HunyuanVideo15VaeWorkload(VaeWorkload):
     """A HunyuanVideo-1.5 VAE for the planner (a ``vidpar.planner.workload.VaeWorkload``)."""
 
     config: HunyuanVideo15VAEConfig

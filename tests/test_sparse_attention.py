@@ -137,6 +137,26 @@ def run_here(fn, *args):
         torch.set_num_threads(threads)
 
 
+def cache_reuse_task(env, degrees):
+    """Two calls sharing one LayoutCache with different SVG head choices (different windowed-ring rows)."""
+    ctx = env.context(ParallelConfig(*degrees))
+    (q, k, v), _ = make_inputs(300, 5, False, torch.float32)
+    config, cache = SparseAttention.from_cli(SPECS["svg"]), LayoutCache()
+    shards = [ctx.shard_sequence(t, dim=1) for t in (q, k, v)]
+    outs = []
+    for choice in ((0,) * 5, (0, 1, 0, 1, 1), (0,) * 5):
+        out = attention(*shards, ctx, sparse=SparseCall(config, GRID, cache, choice))
+        outs.append(ctx.gather_sequence(out, dim=1, length=GRID.tokens))
+    return outs
+
+
+def test_layout_cache_reused_across_choices(pools):
+    outs = pools(4).run(cache_reuse_task, (1, 4, 1), timeout=120)[0]
+    for out, choice in zip(outs, ((0,) * 5, (0, 1, 0, 1, 1), (0,) * 5)):
+        ref, _, _ = reference("svg", 5, False, torch.float32, choice, 300)
+        assert rel_err(out, ref) <= 1e-5, choice
+
+
 def rel_err(out, ref) -> float:
     return ((out.double() - ref).abs().max() / ref.abs().max()).item()
 

@@ -37,20 +37,29 @@ class SparseWork:
         q_index: ``[n]`` int64 rows of ``q``.
         k_index: ``[m]`` int64 rows of ``k``/``v``.
         keep: ``[n, m]`` bool (True = attend), or None when every pair is kept.
+        bias: ``[n, m]`` additive mask (0 / -inf) in the attention dtype, or None; built once by ``prepared`` so
+            repeated calls do not rebuild it.
+        empty_rows: ``[n]`` bool, rows with no kept key (set by ``prepared``).
     """
 
     q_index: torch.Tensor
     k_index: torch.Tensor
     keep: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    empty_rows: torch.Tensor | None = None
 
     @property
     def pairs(self) -> int:
         """Query-key pairs this item computes (its FLOPs are ``4 * pairs * D`` per head)."""
         return self.q_index.numel() * self.k_index.numel()
 
-    def to(self, device: torch.device) -> "SparseWork":
-        keep = None if self.keep is None else self.keep.to(device)
-        return SparseWork(self.q_index.to(device), self.k_index.to(device), keep)
+    def prepared(self, device: torch.device, dtype: torch.dtype) -> "SparseWork":
+        """This item on ``device`` with its additive mask built for ``dtype`` attention."""
+        if self.keep is None:
+            return SparseWork(self.q_index.to(device), self.k_index.to(device))
+        keep = self.keep.to(device)
+        bias = torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill_(~keep, float("-inf"))
+        return SparseWork(self.q_index.to(device), self.k_index.to(device), keep, bias, ~keep.any(dim=1))
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -62,22 +71,32 @@ def _bhsd(x: torch.Tensor) -> torch.Tensor:
 
 
 def masked_attention_with_lse(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor, backend: str = "auto"
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor,
+    backend: str = "auto",
+    bias: torch.Tensor | None = None,
+    empty_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention restricted by a token mask.
 
     Args:
         q: ``[B, n, H, D]``; k: ``[B, m, H, D]``; v: ``[B, m, H, Dv]``; keep: ``[n, m]`` bool.
         backend: ``"math"`` for the fp32/fp64 reference, anything else picks the device's masked kernel.
+        bias, empty_rows: ``keep`` as an additive mask in q's dtype and its rows with no kept key, if already
+            built (see ``SparseWork.prepared``).
     Returns:
         ``out [B, n, H, Dv]`` in q's dtype, ``lse [B, H, n]`` fp32 (fp64 for fp64); rows with no kept key give
         ``out = 0`` and ``lse = -inf``.
     """
-    empty_rows = ~keep.any(dim=1)  # [n]
+    if empty_rows is None:
+        empty_rows = ~keep.any(dim=1)  # [n]
     if backend == "math" or q.device.type not in ("cpu", "cuda"):
         out, lse = _masked_math(q, k, v, keep)
     elif q.device.type == "cpu":
-        bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, float("-inf"))
+        if bias is None or bias.dtype != q.dtype:
+            bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill_(~keep, float("-inf"))
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             _bhsd(q), _bhsd(k), _bhsd(v), dropout_p=0.0, is_causal=False, attn_mask=bias
         )
@@ -141,7 +160,7 @@ def block_sparse_attention(
         if w.keep is None:
             o, l = attention_with_lse(qs, ks, vs, backend)
         else:
-            o, l = masked_attention_with_lse(qs, ks, vs, w.keep, backend)
+            o, l = masked_attention_with_lse(qs, ks, vs, w.keep, backend, w.bias, w.empty_rows)
         out.index_copy_(1, w.q_index, o.to(out.dtype))
         lse.index_copy_(2, w.q_index, l.to(lse.dtype))
     return out, lse

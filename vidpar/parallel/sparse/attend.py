@@ -69,7 +69,7 @@ def schedule_for(cache: LayoutCache, bound: list, block_lengths: list[int]) -> R
     if key not in cache.schedules:
         rows = block_need_rows(bound, block_lengths)
         needs = [[row.numel() > 0 for row in line] for line in rows]
-        cache.schedules[key] = windowed_schedule(needs, block_lengths, rows)
+        cache.schedules[key] = windowed_schedule(needs, block_lengths, rows, key)
     return cache.schedules[key]
 
 
@@ -118,7 +118,8 @@ def sparse_attend(
         k_tokens = token_range(lo, lo + block_lengths[block]) if rows is None else rows + lo
         if len(groups) == 1:
             (pid,) = groups
-            return block_sparse_attention(qh, k, v, bound[pid].works(my_range, k_tokens, key, qh.device), backend)
+            works = bound[pid].works(my_range, k_tokens, key, qh.device, qh.dtype)
+            return block_sparse_attention(qh, k, v, works, backend)
         b, length, _, _ = qh.shape
         out = qh.new_zeros(b, length, qh.shape[2], v.shape[-1])
         lse = torch.full((b, qh.shape[2], length), float("-inf"), device=qh.device,
@@ -126,7 +127,7 @@ def sparse_attend(
         for pid, heads in groups.items():
             idx = torch.tensor(heads, device=qh.device)
             o, l = block_sparse_attention(qh[:, :, idx], k[:, :, idx], v[:, :, idx],
-                                          bound[pid].works(my_range, k_tokens, key, qh.device), backend)
+                                          bound[pid].works(my_range, k_tokens, key, qh.device, qh.dtype), backend)
             out[:, :, idx], lse[:, idx] = o, l
         return out, lse
 

@@ -24,12 +24,13 @@ from .grid import EMPTY, FULL, TokenGrid, Tiling
 @dataclass(frozen=True)
 class Pieces:
     """``tokens [n]`` (global indices) grouped by tile: ``tiles [p]`` ids and, per piece, positions into
-    ``tokens`` (``index[offsets[i]:offsets[i + 1]]``, in token order)."""
+    ``tokens`` (``index[offsets[i]:offsets[i + 1]]``, in token order); ``token_tiles [n]`` is each token's tile."""
 
     tokens: torch.Tensor
     tiles: torch.Tensor
     index: torch.Tensor
     offsets: list[int]
+    token_tiles: torch.Tensor
 
     def piece(self, i: int) -> torch.Tensor:
         return self.index[self.offsets[i] : self.offsets[i + 1]]
@@ -40,7 +41,7 @@ def pieces_of(tiling: Tiling, tokens: torch.Tensor) -> Pieces:
     tile = tiling.tile_of(tokens)
     order = torch.argsort(tile, stable=True)
     tiles, counts = torch.unique_consecutive(tile[order], return_counts=True)
-    return Pieces(tokens, tiles, order, [0] + torch.cumsum(counts, 0).tolist())
+    return Pieces(tokens, tiles, order, [0] + torch.cumsum(counts, 0).tolist(), tile)
 
 
 def token_range(lo: int, hi: int) -> torch.Tensor:
@@ -70,20 +71,19 @@ class PatternTiles:
         if q_range[0] >= q_range[1] or k_range[0] >= k_range[1]:
             return torch.zeros(0, dtype=torch.int64)
         qp, kp = self.range_pieces(*q_range), self.range_pieces(*k_range)
-        kept = (self.classes[qp.tiles][:, kp.tiles] != EMPTY).any(dim=0).tolist()
-        rows = [kp.piece(j) for j, keep in enumerate(kept) if keep]
-        return torch.sort(torch.cat(rows)).values if rows else torch.zeros(0, dtype=torch.int64)
+        kept_tiles = (self.classes[qp.tiles] != EMPTY).any(dim=0)  # [T]: key tiles some query tile keeps
+        return torch.nonzero(kept_tiles[kp.token_tiles]).flatten()
 
-    def works(self, q_range: tuple[int, int], k_tokens: torch.Tensor, key: tuple,
-              device: torch.device) -> list[SparseWork]:
+    def works(self, q_range: tuple[int, int], k_tokens: torch.Tensor, key: tuple, device: torch.device,
+              dtype: torch.dtype) -> list[SparseWork]:
         """Work items for the queries ``q_range`` over the keys ``k_tokens [m]`` (global indices, the rows of the
-        K/V buffer in hand); ``key`` names ``k_tokens`` for the cache. Rows are relative to each."""
-        full_key = (q_range, key, str(device))
+        K/V buffer in hand), prepared for ``dtype`` on ``device``; ``key`` names ``k_tokens`` for the cache.
+        Rows are relative to each."""
+        full_key = (q_range, key, str(device), dtype)
         if full_key not in self._works:
-            cpu_key = (q_range, key, "cpu")
-            if cpu_key not in self._works:
-                self._works[cpu_key] = self._build(q_range, k_tokens)
-            self._works[full_key] = [w.to(device) for w in self._works[cpu_key]]
+            if (q_range, key) not in self._works:
+                self._works[(q_range, key)] = self._build(q_range, k_tokens)
+            self._works[full_key] = [w.prepared(device, dtype) for w in self._works[(q_range, key)]]
         return self._works[full_key]
 
     def _build(self, q_range: tuple[int, int], k_tokens: torch.Tensor) -> list[SparseWork]:

@@ -56,4 +56,5 @@ def run_windowed_ring(
         pending = issue(step + 1, held) if step < schedule.steps else None
         for (block, direction), kv in held.items():
             if schedule.needs[me][block]:
-                compute(block, kv, schedule.rows_at(block, direction, step), ("hop", block, direction, step))
+                compute(block, kv, schedule.rows_at(block, direction, step),
+                        ("hop", schedule.key, block, direction, step))

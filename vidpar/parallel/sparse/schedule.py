@@ -29,7 +29,8 @@ class RingSchedule:
     """``fwd[j]`` / ``bwd[j]``: hops block ``j`` travels forward (to ``j+1, j+2, ...``) and backward.
 
     ``rows[(j, direction, step)]`` (sorted, relative to block ``j``'s start) are the rows sent at that hop; a
-    missing entry means the whole block.
+    missing entry means the whole block. ``key`` names the inputs it was built from (for caches of work built
+    on its rows).
     """
 
     needs: tuple[tuple[bool, ...], ...]
@@ -37,6 +38,7 @@ class RingSchedule:
     bwd: tuple[int, ...]
     block_lengths: tuple[int, ...]
     rows: dict = field(default_factory=dict)
+    key: tuple = ()
 
     @property
     def size(self) -> int:
@@ -94,7 +96,7 @@ class RingSchedule:
 
 
 def windowed_schedule(needs: list[list[bool]], block_lengths: list[int] | None = None,
-                      need_rows: list[list[torch.Tensor]] | None = None) -> RingSchedule:
+                      need_rows: list[list[torch.Tensor]] | None = None, key: tuple = ()) -> RingSchedule:
     """The schedule delivering every needed block (``needs[i][j]``: rank i needs block j) the shorter way.
 
     Args:
@@ -102,6 +104,7 @@ def windowed_schedule(needs: list[list[bool]], block_lengths: list[int] | None =
         block_lengths: tokens of every block (default 0: only the hop structure is used).
         need_rows: optional ``[r][r]`` sorted row tensors: which rows of block j rank i needs; hops then carry
             only the union of what the ranks beyond them need.
+        key: a hashable name of these inputs, kept on the schedule.
     """
     r = len(needs)
     lengths = tuple(block_lengths) if block_lengths is not None else (0,) * r
@@ -126,4 +129,4 @@ def windowed_schedule(needs: list[list[bool]], block_lengths: list[int] | None =
                 parts = [need_rows[i][j] for dist, i in ranks if dist >= step]
                 rows[(j, direction, step)] = torch.unique(torch.cat(parts))  # sorted
     needs_t = tuple(tuple(bool(x) for x in row) for row in needs)
-    return RingSchedule(needs_t, tuple(fwd), tuple(bwd), lengths, rows)
+    return RingSchedule(needs_t, tuple(fwd), tuple(bwd), lengths, rows, key)

@@ -90,6 +90,10 @@ def masked_attention_with_lse(
         ``out [B, n, H, Dv]`` in q's dtype, ``lse [B, H, n]`` fp32 (fp64 for fp64); rows with no kept key give
         ``out = 0`` and ``lse = -inf``.
     """
+    b, n, h, _ = q.shape
+    if min(b, n, h, k.shape[1]) == 0:  # nothing to compute (kernels may not accept empty dims)
+        lse = torch.full((b, h, n), float("-inf"), dtype=_acc_dtype(q.dtype), device=q.device)
+        return q.new_zeros(b, n, h, v.shape[-1]), lse
     if empty_rows is None:
         empty_rows = ~keep.any(dim=1)  # [n]
     if backend == "math" or q.device.type not in ("cpu", "cuda"):
@@ -104,7 +108,7 @@ def masked_attention_with_lse(
     elif q.dtype == torch.float64:
         out, lse = _masked_math(q, k, v, keep)
     else:  # CUDA memory-efficient kernel with an additive bias (its last dim padded to a multiple of 16)
-        n, m = keep.shape
+        m = keep.shape[1]
         m_pad = -(-m // 16) * 16
         bias = torch.full((n, m_pad), float("-inf"), dtype=q.dtype, device=q.device)
         bias[:, :m].masked_fill_(keep, 0.0)

@@ -94,7 +94,8 @@ def predict_sparse_ring_bytes(
 
     ``ulysses`` bytes are those of the dense path (the all-to-alls are unchanged) and are not included.
     For svg, ``head_choice`` is the per-head choice (needed for the schedule); with ``profiled`` (the default,
-    as when ``SparseCall.head_choice`` is None) the online profile's own gathers are included. ``rank`` is a global rank; None gives the maximum over ranks (the busiest rank).
+    as when ``SparseCall.head_choice`` is None) the online profile's own gathers are included. ``rank`` is a
+    global rank; None gives the maximum over ranks (the busiest rank).
     """
     grid = TokenGrid.of(grid)
     dv = head_dim if value_dim is None else value_dim

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from vidpar.kernels import attention_with_lse
 from vidpar.kernels.block_sparse import masked_attention_with_lse
 
 from ..comm import Comm
@@ -33,7 +34,8 @@ def sample_tokens(num_tokens: int, num_samples: int) -> torch.Tensor:
 
 
 def _partials(q, k, v, masks) -> torch.Tensor:
-    """float64 ``[V, B, n, H, Dv + 1]`` (out, lse) of ``q [B, n, H, D]`` over ``k``/``v`` under each mask."""
+    """float64 ``[V, B, n, H, Dv + 1]`` (out, lse) of ``q [B, n, H, D]`` over ``k``/``v`` under each mask
+    (``None``: every key)."""
     b, n, h, _ = q.shape
     dv = v.shape[-1]
     res = []
@@ -41,7 +43,10 @@ def _partials(q, k, v, masks) -> torch.Tensor:
         acc = MaskedPartial()
         for lo in range(0, k.shape[1], KEY_CHUNK):
             hi = min(lo + KEY_CHUNK, k.shape[1])
-            acc.merge(*masked_attention_with_lse(q, k[:, lo:hi], v[:, lo:hi], mask[:, lo:hi], "math"))
+            if mask is None:
+                acc.merge(*attention_with_lse(q, k[:, lo:hi], v[:, lo:hi]))
+            else:
+                acc.merge(*masked_attention_with_lse(q, k[:, lo:hi], v[:, lo:hi], mask[:, lo:hi]))
         if acc.out is None:
             out = q.new_zeros(b, n, h, dv)
             lse = q.new_full((b, n, h, 1), float("-inf"))
@@ -91,17 +96,13 @@ def choose_heads(
 
     # 2. Partials of every sample over my key block (exact, and under each candidate), merged in ring order.
     keys = torch.arange(lo, hi, dtype=torch.int64)
-    full = torch.ones(samples.numel(), keys.numel(), dtype=torch.bool)
-    masks = [full] + [c.mask_fn(grid)(samples, keys) for c in candidates]
-    masks = [m.to(q.device) for m in masks]
+    masks = [None] + [c.mask_fn(grid)(samples, keys).to(q.device) for c in candidates]
     parts = comm.all_gather(_partials(sq, k.to(f64), v.to(f64), masks), "ring")  # [ring, V, B, n, H, Dv+1]
     outs = []
     for variant in range(len(masks)):
         acc = MaskedPartial()
         if joint_kv is not None:
-            acc.merge(*masked_attention_with_lse(
-                sq, joint_kv[0].to(f64), joint_kv[1].to(f64),
-                torch.ones(samples.numel(), joint_kv[0].shape[1], dtype=torch.bool, device=q.device), "math"))
+            acc.merge(*attention_with_lse(sq, joint_kv[0].to(f64), joint_kv[1].to(f64)))
         for i in range(ring.size):
             p = parts[i, variant]
             acc.merge(p[..., :dv], p[..., dv].transpose(1, 2))

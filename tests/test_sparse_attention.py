@@ -287,3 +287,25 @@ def test_masked_kernel_on_cuda():
         out, lse = masked_attention_with_lse(*(t.cuda().to(dtype) for t in (q, k, v)), keep.cuda())
         assert rel_err(out.cpu(), ref) <= TOL[dtype]
         assert torch.isneginf(lse[..., 3]).all()
+
+
+# ---- bad input fails on every rank before any collective ----
+
+def bad_sparse_task(env, case):
+    ctx = env.context(ParallelConfig(ulysses=2, ring=2))
+    q = torch.randn(1, split_sizes(GRID.tokens, 4)[ctx.sp_rank], 5, HEAD_DIM)
+    config = SparseAttention.from_cli(SPECS["svg"])
+    grid, choice = (TokenGrid(5, 3, 4), None) if case == "grid" else (GRID, (0, 1, 2, 0, 0))
+    call = SparseCall(config, grid, LayoutCache(), choice)
+    try:
+        attention(q, q, q, ctx, seq_lens=split_sizes(GRID.tokens, 4), sparse=call)
+    except ValueError as e:
+        return str(e), ctx.comm_stats()
+    return None, ctx.comm_stats()
+
+
+@pytest.mark.parametrize("case", ["grid", "head_choice"])
+def test_bad_sparse_call_fails_everywhere_before_collectives(pools, case):
+    for message, stats in pools(4).run(bad_sparse_task, case, timeout=30):
+        assert message and ("60 tokens" in message if case == "grid" else "head_choice" in message)
+        assert stats == {}, f"a collective was started: {stats}"

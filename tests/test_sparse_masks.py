@@ -183,11 +183,12 @@ def test_schedule_delivers_needs_once(r):
 
 def test_schedule_rows_shrink_along_the_chain():
     # Block 0 is needed by ranks 1 and 2 (forward), rank 1 needs rows {0..3}, rank 2 rows {2, 3}.
-    r, empty = 5, torch.zeros(0, dtype=torch.int64)
-    rows = [[empty] * r for _ in range(r)]
-    rows[1][0], rows[2][0] = torch.arange(4), torch.tensor([2, 3])
-    needs = [[x.numel() > 0 for x in line] for line in rows]
-    s = windowed_schedule(needs, [10] * r, rows)
+    r = 5
+    keys = [[torch.zeros(10, dtype=torch.bool) for _ in range(r)] for _ in range(r)]
+    keys[1][0][:4] = True
+    keys[2][0][2:4] = True
+    needs = [[bool(x.any()) for x in line] for line in keys]
+    s = windowed_schedule(needs, [10] * r, keys)
     assert s.fwd[0] == 2 and s.count(0, 0, 1) == 4 and s.count(0, 0, 2) == 2
     assert torch.equal(s.select(0, 0, 1), torch.arange(4)) and torch.equal(s.select(0, 0, 2), torch.tensor([2, 3]))
     assert s.sent_tokens(0) == 4 and s.sent_tokens(1) == 2 and s.sent_tokens(2) == 0

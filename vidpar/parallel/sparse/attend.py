@@ -27,7 +27,7 @@ from ..context import ParallelContext
 from ..split import split_offsets
 from .config import SparseAttention
 from .grid import TokenGrid
-from .layout import LayoutCache, block_need_rows, token_range
+from .layout import LayoutCache, block_need_keys, token_range
 from .merge import MaskedPartial
 from .profile import choose_heads
 from .ring_window import run_windowed_ring
@@ -67,9 +67,9 @@ def schedule_for(cache: LayoutCache, bound: list, block_lengths: list[int]) -> R
     """The windowed-ring schedule of the union of ``bound`` patterns for these ring blocks (cached)."""
     key = (tuple((b.pattern, b.grid) for b in bound), tuple(block_lengths))
     if key not in cache.schedules:
-        rows = block_need_rows(bound, block_lengths)
-        needs = [[row.numel() > 0 for row in line] for line in rows]
-        cache.schedules[key] = windowed_schedule(needs, block_lengths, rows, key)
+        keys = block_need_keys(bound, block_lengths)
+        needs = [[bool(k.any()) for k in line] for line in keys]
+        cache.schedules[key] = windowed_schedule(needs, block_lengths, keys, key)
     return cache.schedules[key]
 
 

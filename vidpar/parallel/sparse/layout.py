@@ -59,20 +59,21 @@ class PatternTiles:
         self.mask = pattern.mask_fn(grid)  # exact token mask, tables precomputed
         self._pieces: dict[tuple, Pieces] = {}
         self._works: dict[tuple, list[SparseWork]] = {}
+        self._kept_tiles: dict[tuple[int, int], torch.Tensor] = {}
 
     def range_pieces(self, lo: int, hi: int) -> Pieces:
         if (lo, hi) not in self._pieces:
             self._pieces[(lo, hi)] = pieces_of(self.tiling, token_range(lo, hi))
         return self._pieces[(lo, hi)]
 
-    def needed_rows(self, q_range: tuple[int, int], k_range: tuple[int, int]) -> torch.Tensor:
-        """Rows (relative to ``k_range[0]``, sorted) of the keys some query of ``q_range`` may attend to, at tile
-        granularity (whole key pieces): what a rank holding ``q_range`` must receive of block ``k_range``."""
+    def needed_keys(self, q_range: tuple[int, int], k_range: tuple[int, int]) -> torch.Tensor:
+        """``[len(k_range)]`` bool: the keys of block ``k_range`` some query of ``q_range`` may attend to, at tile
+        granularity (whole key pieces) — what a rank holding ``q_range`` must receive of that block."""
         if q_range[0] >= q_range[1] or k_range[0] >= k_range[1]:
-            return torch.zeros(0, dtype=torch.int64)
-        qp, kp = self.range_pieces(*q_range), self.range_pieces(*k_range)
-        kept_tiles = (self.classes[qp.tiles] != EMPTY).any(dim=0)  # [T]: key tiles some query tile keeps
-        return torch.nonzero(kept_tiles[kp.token_tiles]).flatten()
+            return torch.zeros(max(0, k_range[1] - k_range[0]), dtype=torch.bool)
+        if q_range not in self._kept_tiles:  # [T]: key tiles some query tile of q_range keeps
+            self._kept_tiles[q_range] = (self.classes[self.range_pieces(*q_range).tiles] != EMPTY).any(dim=0)
+        return self._kept_tiles[q_range][self.range_pieces(*k_range).token_tiles]
 
     def works(self, q_range: tuple[int, int], k_tokens: torch.Tensor, key: tuple, device: torch.device,
               dtype: torch.dtype) -> list[SparseWork]:
@@ -125,15 +126,18 @@ class LayoutCache:
         return self._bound[key]
 
 
-def block_need_rows(bound: list[PatternTiles], block_lengths: list[int]) -> list[list[torch.Tensor]]:
-    """``rows[i][j]``: rows of block j's keys that block i's queries may attend to, under any ``bound`` pattern."""
+def block_need_keys(bound: list[PatternTiles], block_lengths: list[int]) -> list[list[torch.Tensor]]:
+    """``keys[i][j]`` ``[block_lengths[j]]`` bool: keys of block j that block i's queries may attend to, under any
+    of the ``bound`` patterns."""
     starts = [sum(block_lengths[:i]) for i in range(len(block_lengths))]
     ranges = [(s, s + n) for s, n in zip(starts, block_lengths)]
     out = []
     for qr in ranges:
         row = []
         for kr in ranges:
-            parts = [b.needed_rows(qr, kr) for b in bound]
-            row.append(torch.unique(torch.cat(parts)) if len(parts) > 1 else parts[0])
+            need = bound[0].needed_keys(qr, kr)
+            for b in bound[1:]:
+                need = need | b.needed_keys(qr, kr)
+            row.append(need)
         out.append(row)
     return out

@@ -7,7 +7,7 @@ Ring rank ``i`` holds video block ``i`` (contiguous tokens, in rank order). ``ne
 ``bwd[j] < r / 2`` a block never reaches a rank twice (and never comes back). A dense pattern costs what the dense
 ring costs (``r - 1`` blocks sent per rank) in about half the steps; a local one sends only to its neighbours.
 
-With ``need_rows`` (which key rows of block ``j`` block ``i`` needs, at tile granularity), hop ``s`` of block
+With ``need_keys`` (which keys of block ``j`` block ``i`` needs, at tile granularity), hop ``s`` of block
 ``j`` carries only the rows needed by the ranks at distance ``>= s`` in that direction — a subset of what the
 previous hop carried, so relays select from what they hold.
 
@@ -96,14 +96,14 @@ class RingSchedule:
 
 
 def windowed_schedule(needs: list[list[bool]], block_lengths: list[int] | None = None,
-                      need_rows: list[list[torch.Tensor]] | None = None, key: tuple = ()) -> RingSchedule:
+                      need_keys: list[list[torch.Tensor]] | None = None, key: tuple = ()) -> RingSchedule:
     """The schedule delivering every needed block (``needs[i][j]``: rank i needs block j) the shorter way.
 
     Args:
         needs: ``[r][r]`` bools (the diagonal is ignored).
         block_lengths: tokens of every block (default 0: only the hop structure is used).
-        need_rows: optional ``[r][r]`` sorted row tensors: which rows of block j rank i needs; hops then carry
-            only the union of what the ranks beyond them need.
+        need_keys: optional ``[r][r]`` bool tensors ``[block_lengths[j]]``: which keys of block j rank i needs;
+            hops then carry only the union of what the ranks beyond them need.
         key: a hashable name of these inputs, kept on the schedule.
     """
     r = len(needs)
@@ -122,11 +122,14 @@ def windowed_schedule(needs: list[list[bool]], block_lengths: list[int] | None =
                 bwd[j] = max(bwd[j], db)
             served.setdefault((j, direction), []).append((dist, i))
     rows = {}
-    if need_rows is not None:
+    if need_keys is not None:
         for (j, direction), ranks in served.items():
             reach = fwd[j] if direction == FWD else bwd[j]
             for step in range(1, reach + 1):
-                parts = [need_rows[i][j] for dist, i in ranks if dist >= step]
-                rows[(j, direction, step)] = torch.unique(torch.cat(parts))  # sorted
+                union = torch.zeros_like(need_keys[j][j])
+                for dist, i in ranks:
+                    if dist >= step:
+                        union |= need_keys[i][j]
+                rows[(j, direction, step)] = torch.nonzero(union).flatten()  # sorted
     needs_t = tuple(tuple(bool(x) for x in row) for row in needs)
     return RingSchedule(needs_t, tuple(fwd), tuple(bwd), lengths, rows, key)

@@ -5,8 +5,8 @@ range of the grid) for its heads, plus its heads of the joint tokens. Here:
 
 - the per-head pattern is fixed (SVG: ``choose_heads``, identical on every rank; otherwise one pattern);
 - ``ring == 1``: block-sparse attention of the whole block over itself, merged with the joint keys;
-- ``ring > 1``: the windowed ring (``schedule.py``) brings only the K/V blocks this rank needs, and only the kept
-  (query piece, key piece) pairs of each are computed;
+- ``ring > 1``: the windowed ring (``schedule.py``) brings only the K/V rows this rank needs, from the blocks it
+  needs, and only the kept (query piece, key piece) pairs of each are computed;
 - joint queries attend densely to every key: each ring rank computes them (all rows, its heads) over its own
   video block, and one all-to-all over the ring hands every rank the partials of its rows to merge, instead of
   sending every video block everywhere.
@@ -126,8 +126,8 @@ def sparse_attend(
                          dtype=torch.float64 if qh.dtype == torch.float64 else torch.float32)
         for pid, heads in groups.items():
             idx = torch.tensor(heads, device=qh.device)
-            o, l = block_sparse_attention(qh[:, :, idx], k[:, :, idx], v[:, :, idx],
-                                          bound[pid].works(my_range, k_tokens, key, qh.device, qh.dtype), backend)
+            works = bound[pid].works(my_range, k_tokens, key, qh.device, qh.dtype)
+            o, l = block_sparse_attention(qh[:, :, idx], k[:, :, idx], v[:, :, idx], works, backend)
             out[:, :, idx], lse[:, idx] = o, l
         return out, lse
 

@@ -63,8 +63,11 @@ class SparseAttention:
         for name, value in _DEFAULTS[self.pattern].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        object.__setattr__(self, "tile", tuple(self.tile))
-        object.__setattr__(self, "window", tuple(self.window))
+        for name in ("tile", "window"):
+            try:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+            except TypeError:
+                raise ValueError(f"sparse attention {name} must be three ints, got {getattr(self, name)!r}") from None
         Tiling(TokenGrid(1, 1, 1), self.tile)
         for name in ("dense_first", "dense_last", "dense_layers"):
             _check_count(name, getattr(self, name))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 from vidpar.kernels import attention_plain, attention_with_lse, resolve_backend
 
@@ -21,6 +22,9 @@ from . import ring as ring_mod
 from . import ulysses as ulysses_mod
 from .context import SP_AXIS, ParallelContext
 from .split import split_offsets, split_sizes
+
+if TYPE_CHECKING:
+    from .sparse.attend import SparseCall
 
 
 def _check_local(q, k, v, joint) -> None:
@@ -86,6 +90,7 @@ def attention(
     joint_v: torch.Tensor | None = None,
     backend: str = "auto",
     seq_lens: list[int] | None = None,
+    sparse: "SparseCall | None" = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Non-causal softmax attention over a sequence split across the ``ring x ulysses`` ranks.
 
@@ -100,6 +105,8 @@ def attention(
         seq_lens: the shard length of every sp rank, if the caller knows them (identical on every rank, e.g.
             ``split_sizes(S, ctx.sp_size)``). Without them the lengths are exchanged first (a small collective
             that also checks that all ranks agree on B, H, D, dtype and joint tokens).
+        sparse: structured sparse attention over the video tokens (``vidpar.parallel.sparse.SparseCall``: the
+            pattern and this forward's token grid); None (the default) is dense attention.
     Returns:
         ``out_local [B, S_local, H, Dv]`` — this rank's shard of attention over all (joint + video) keys;
         with joint tokens, ``(out_local, joint_out [B, T, H, Dv])`` with ``joint_out`` full on every rank.
@@ -108,7 +115,7 @@ def attention(
     has_joint = joint_q is not None
     _check_local(q, k, v, joint)
     cfg = ctx.config
-    need_lse = cfg.ring > 1
+    need_lse = cfg.ring > 1 or sparse is not None
     spec = resolve_backend(backend, q.device, q.dtype, need_lse=need_lse)
     num_heads = q.shape[2]
     joint_tokens = joint_q.shape[1] if has_joint else 0
@@ -126,6 +133,8 @@ def attention(
         lengths = _exchange_lengths(ctx, q, v, joint_tokens)
     if sum(lengths) + joint_tokens == 0:
         raise ValueError("attention: the sequence has no tokens (no video and no joint tokens)")
+    if sparse is not None:
+        sparse.check(sum(lengths), num_heads)
 
     u, r = cfg.ulysses, cfg.ring
     ring_rank, uly_rank = ctx.coords["ring"], ctx.coords["ulysses"]
@@ -149,8 +158,13 @@ def attention(
     else:
         queries = qh
 
-    # 3. Attention over every key: local for a single ring block, ring otherwise.
-    if r == 1:
+    # 3. Attention over every key: local for a single ring block, ring otherwise (or sparse, opt-in).
+    if sparse is not None:
+        from .sparse.attend import sparse_attend  # imported only when used
+
+        out = sparse_attend(ctx, sparse, qh, kh, vh, (jq, jk, jv) if has_joint else None, block_lengths, head_lo,
+                            num_heads, spec.name)
+    elif r == 1:
         keys = torch.cat([jk, kh], dim=1) if has_joint else kh
         values = torch.cat([jv, vh], dim=1) if has_joint else vh
         out = attention_plain(queries, keys, values, spec.name)

@@ -50,14 +50,14 @@ def diffusers_frames(folder: str, task: str, image=None) -> np.ndarray:
     return _uint8(pipe(prompt=PROMPT, negative_prompt=NEGATIVE, **kw).frames[0])
 
 
-def generate_task(env, folder, degrees, dtype_name="float32", image_seed=None, size=None):
+def generate_task(env, folder, degrees, dtype_name="float32", image_seed=None, size=None, sparse=None):
     ctx = env.context(ParallelConfig(*degrees)) if env is not None else init_parallel(ParallelConfig())
     pipe = Pipeline.from_pretrained(folder, parallel=ctx.config, dtype=getattr(torch, dtype_name))
     kw = dict(SAMPLING)
     if size is not None:
         kw["height"], kw["width"] = size
     image = ref.make_image((40, 28), seed=image_seed) if image_seed is not None else None
-    return pipe.generate(PROMPT, NEGATIVE, image=image, **kw).frames
+    return pipe.generate(PROMPT, NEGATIVE, image=image, sparse_attention=sparse, **kw).frames
 
 
 def assert_close_frames(ours: np.ndarray, theirs: np.ndarray) -> None:
@@ -93,6 +93,13 @@ def test_float64_frames_identical_on_every_mesh(pools, folders):
     one = generate_task(None, folders["t2v"], None, "float64")
     for world, degrees in ((2, (1, 2, 1)), (4, (4, 1, 1)), (4, (2, 1, 2))):
         assert np.array_equal(pools(world).run(generate_task, folders["t2v"], degrees, "float64")[0], one), degrees
+
+
+def test_sparse_attention_with_joint_text_same_frames_on_a_ring(pools, folders):
+    spec = "window:tile=1x1x1,window=1x1x3"
+    one = generate_task(None, folders["t2v"], None, "float64", sparse=spec)
+    assert not np.array_equal(one, generate_task(None, folders["t2v"], None, "float64"))
+    assert np.array_equal(pools(2).run(generate_task, folders["t2v"], (1, 2, 1), "float64", None, None, spec)[0], one)
 
 
 def test_i2v_equals_diffusers(pools, folders):

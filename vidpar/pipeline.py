@@ -293,11 +293,13 @@ class Pipeline:
         stop: StopRequest | None = None,
         progress: bool = False,
         image: dict[str, torch.Tensor] | None = None,
+        sparse: Sequence[Any] = (),
     ) -> torch.Tensor:
         """Run the sampler. latents ``[1, C, T, h, w]`` full on every rank; returns the final latents (after
         ``comps.finalize_latents``, e.g. the image latent imposed on frame 0 for Wan TI2V).
 
-        ``text``: ``encode_text``'s states; ``image``: ``encode_image``'s conditioning (or None)."""
+        ``text``: ``encode_text``'s states; ``image``: ``encode_image``'s conditioning (or None); ``sparse``: the
+        sparse-attention handles to switch per step (dense warm-up and final steps)."""
         req = self.resolve(req)
         sched = make_scheduler(req.scheduler, req.flow_shift)
         sched.set_timesteps(req.num_steps, device=self.ctx.device)
@@ -311,6 +313,8 @@ class Pipeline:
             t = sched.timesteps[i]
             step = StepInfo(i, req.num_steps, t, sched.num_train_timesteps)
             scale = self.comps.guidance_scale(step, req.guidance_scale, req.guidance_scale_2)
+            for handle in sparse:
+                handle.set_step(i, req.num_steps)
             with torch.no_grad():
                 flow = self._guided_flow(latents, step, text, image, scale)
             latents = sched.step(flow, t, latents)
@@ -343,6 +347,23 @@ class Pipeline:
             flow_c = predict(latents, step, text[0], image, scale)
             flow_u = predict(latents, uncond, text[1], image, scale)
         return flow_u + scale * (flow_c - flow_u)
+
+    def _enable_sparse(self, sparse) -> list:
+        """Sparse self-attention on every denoiser (after parallelize: the sparse op wraps the parallel one)."""
+        if sparse is None:
+            return []
+        from vidpar.parallel.sparse import enable_sparse_attention
+
+        handles = []
+        try:
+            for dit in self.comps.denoisers():
+                ops, grid_fn = self.comps.attention_sites(dit)
+                handles.append(enable_sparse_attention(dit, self.ctx, sparse, grid_fn, ops))
+        except Exception:
+            for h in handles:
+                h.remove()
+            raise
+        return handles
 
     def _any_rank(self, flag: bool) -> bool:
         t = torch.tensor([1.0 if flag else 0.0], device=self.ctx.device)
@@ -383,6 +404,7 @@ class Pipeline:
         stop: StopRequest | None = None,
         progress: bool = False,
         image: Any = None,
+        sparse_attention: Any = None,
     ) -> Video:
         """Generate one clip. Same arguments on every rank; returns a ``Video`` (frames on rank 0 by default).
 
@@ -396,6 +418,10 @@ class Pipeline:
         ``checkpoint_dir``: snapshot latents + scheduler state every ``checkpoint_every`` steps and resume from an
         existing snapshot of the same request; ``stop`` (see ``StopRequest``) ends the run after the current step
         with ``GenerationInterrupted`` once any rank's flag is set.
+
+        ``sparse_attention``: structured sparse self-attention for this generation (``vidpar.parallel.sparse.
+        SparseAttention`` or its CLI spec, e.g. ``"window"``, ``"radial:decay_factor=0.2"``, ``"svg"``), exact to its
+        own mask on every mesh; None (default): dense, bit-identical to no sparsity.
         """
         if output not in ("rank0", "all"):
             raise ValueError(f"output must be 'rank0' or 'all', got {output!r}")
@@ -404,9 +430,12 @@ class Pipeline:
             scheduler, flow_shift,
         ))
         shape = self.validate(req, image)
+        sparse = _sparse_config(sparse_attention)
         ckpt = None
         if checkpoint_dir is not None:
             key = {**asdict(req), "model": self.card.name}
+            if sparse is not None:
+                key["sparse_attention"] = sparse.describe()
             if self._loras is not None and self._loras.specs:  # a resume with other LoRAs must not mix two runs
                 key["loras"] = self._loras.digest
             if image is not None:  # a snapshot must not be resumed with another image
@@ -415,13 +444,31 @@ class Pipeline:
         text = self.encode_text(req)
         cond = self.encode_image(image, req, shape) if image is not None else None
         latents = initial_noise(shape, req.seed, self.ctx.device, self.latent_dtype)
-        latents = self.denoise(latents, text, req, ckpt, stop, progress, cond)
+        handles = self._enable_sparse(sparse)
+        try:
+            latents = self.denoise(latents, text, req, ckpt, stop, progress, cond, sparse=handles)
+        finally:
+            for h in handles:
+                h.remove()
         video = self.decode(latents, output)
         if ckpt is not None:
             ckpt_done_barrier(self.ctx)
             if self.ctx.rank == 0:
                 ckpt.clear()
         return video
+
+
+def _sparse_config(spec: Any):
+    """``None``, a ``SparseAttention`` or its CLI spec string -> ``SparseAttention`` or None (ValueError if bad)."""
+    if spec is None:
+        return None
+    from vidpar.parallel.sparse import SparseAttention
+
+    if isinstance(spec, SparseAttention):
+        return spec
+    if isinstance(spec, str):
+        return SparseAttention.from_cli(spec)
+    raise ValueError(f"sparse_attention must be a SparseAttention, a spec such as 'window', or None; got {spec!r}")
 
 
 def _copy_into(dst: dict[str, torch.Tensor], src: dict[str, torch.Tensor], spec: dict[str, TensorSpec]) -> None:

@@ -59,6 +59,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument("--flow-shift", type=float, default=None, help="default: the checkpoint's")
     own.add_argument("--fps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sparse-attention", default=None, metavar="PATTERN[:key=value,...]",
+                        help="structured sparse self-attention: window (STA), radial or svg, with options such as "
+                             "window:window=3x3x5,tile=6x8x8,dense_first=20%% (default: dense)")
     parser.add_argument("--lora", action="append", default=[], type=lora_arg, metavar="FILE[:STRENGTH[:TARGET]]",
                         help="merge a LoRA (repeatable; strength default 1.0; TARGET 'both', or 'high'/'low' for one "
                              "expert of a two-expert model). Few-step LoRAs: see the README")
@@ -155,6 +158,13 @@ def plan_jobs(args: argparse.Namespace, world_size: int):
         raise UsageError(f"--image {args.image}: no such file")
     _family, source, card = check_model(args.model)
     req = resolve_request(args, card)
+    if args.sparse_attention is not None:
+        from vidpar.parallel.sparse import SparseAttention
+
+        try:
+            SparseAttention.from_cli(args.sparse_attention)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     args.height, args.width, args.frames, args.steps = req.height, req.width, req.num_frames, req.num_steps
     args.guidance_scale, args.guidance_scale_2 = req.guidance_scale, req.guidance_scale_2
     args.scheduler, args.flow_shift, args.negative_prompt = req.scheduler, req.flow_shift, req.negative_prompt
@@ -293,6 +303,7 @@ def run_job(pipe, job: Job, args: argparse.Namespace, stop: StopRequest, log: lo
         seed=args.seed, scheduler=args.scheduler, flow_shift=args.flow_shift, output="rank0",
         checkpoint_dir=job.checkpoint_dir, checkpoint_every=args.checkpoint_every, stop=stop,
         progress=not args.no_progress, image=read_image(args.image) if args.image else None,
+        sparse_attention=args.sparse_attention,
     )
     if pipe.ctx.rank == 0:
         video.save(job.out, fps=args.fps)

@@ -196,6 +196,18 @@ class LoadedModel(ABC):
         dits = self.denoisers()
         return {"main": dits[0]} if len(dits) == 1 else {"high": dits[0], "low": dits[1]}
 
+    def attention_sites(self, module: nn.Module) -> tuple[str, Any]:
+        """Where a denoiser attends over the video tokens, for structured sparse attention:
+        ``(fnmatch pattern of its self-attention ops, grid_fn(args, kwargs) -> (frames, rows, cols))``, the token
+        grid from the denoiser's forward arguments. Default: the ``blocks.*`` attention op and ``grid_size`` of the
+        first (latents) argument."""
+        def grid_fn(args, kwargs):
+            return module.grid_size(args[0] if args else kwargs["latents"])
+
+        return self.ATTENTION_OPS, grid_fn
+
+    ATTENTION_OPS = "blocks.*.attn_op"
+
     @property
     def lora_keys(self) -> Any:
         """The family's ``vidpar.lora.LoraKeyMap`` (LoRA file names -> native module paths); None: this family

@@ -24,6 +24,8 @@ OFFICIAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 class WanRuntime(LoadedModel):
     """The ``LoadedModel`` methods of ``WanComponents`` (see there for the fields they read)."""
 
+    ATTENTION_OPS = "blocks.*.self_attn.attn_op"  # the self-attention (cross-attention stays dense)
+
     # ---- what the model is
 
     @property

@@ -57,3 +57,23 @@ def test_cli_flag(tmp_path):
     res = run_vidpar(args, tmp_path, nproc=2, timeout=180)
     assert res.returncode == 0, res.stdout
     assert np.array_equal(read_video(tmp_path / "w.npy"), generate_task(None, PATTERNS["window"]))
+
+
+def test_planner_prices_the_pattern():
+    """The planner scales attention by the kept share and takes the windowed ring's bytes from the schedule."""
+    from vidpar.parallel import ParallelConfig
+    from vidpar.parallel.sparse import SparseAttention
+    from vidpar.planner import make_request, plan_layouts
+    from vidpar.planner.cost import step_time
+    from vidpar.planner.workload import latent_shape, num_tokens
+
+    dense = make_request("wan2.1-t2v-1.3b", 480, 832, 241, 4, 4)  # long clip: ring blocks of 15 latent frames
+    sparse = make_request("wan2.1-t2v-1.3b", 480, 832, 241, 4, 4, sparse="window")
+    assert isinstance(sparse.sparse, SparseAttention) and 0 < sparse.sparse_costs().kept < 1
+    assert plan_layouts(sparse)[0][0].step_time_s < plan_layouts(dense)[0][0].step_time_s
+    latent = latent_shape(dense.model.vae, 480, 832, 241)
+    ring = ParallelConfig(ring=4)
+    d = step_time(dense.model, latent, num_tokens(dense.model.config, latent), ring, False, dense.cluster)
+    s = step_time(sparse.model, latent, num_tokens(sparse.model.config, latent), ring, False, sparse.cluster,
+                  sparse=sparse.sparse_costs())
+    assert s.compute_s < d.compute_s and s.comm_bytes["ring"] < d.comm_bytes["ring"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -34,6 +35,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inter-link", default="ib-ndr", choices=sorted(LINKS), help="link between nodes")
     parser.add_argument("--no-guidance", action="store_true", help="no classifier-free guidance (one branch)")
     parser.add_argument("--text-encoder-cpu", action="store_true", help="umT5 runs on the CPU (no GPU memory)")
+    parser.add_argument("--sparse-attention", default=None, metavar="PATTERN[:key=value,...]",
+                        help="plan with structured sparse attention (window, radial, svg; as 'vidpar generate'); "
+                             "the report compares the best layout with dense attention")
     parser.add_argument("--top", type=int, default=10, help="feasible layouts shown in the table (default 10)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of feasible layouts, best first")
     parser.add_argument("--include-rejected", action="store_true",
@@ -48,8 +52,12 @@ def run_plan(args: argparse.Namespace) -> int:
             args.gpus_per_node or args.gpus, gpu=args.gpu, gpu_memory_gb=args.gpu_memory,
             intra_link=args.intra_link, inter_link=args.inter_link, steps=args.steps,
             guidance=not args.no_guidance, text_encoder_on_gpu=not args.text_encoder_cpu,
+            sparse=args.sparse_attention,
         )
         ok, bad = plan_layouts(req)
+        dense = None
+        if req.sparse is not None:
+            dense = plan_layouts(dataclasses.replace(req, sparse=None))[0]
     except ValueError as exc:
         print(f"vidpar plan: {exc}", file=sys.stderr)
         return 2
@@ -57,17 +65,26 @@ def run_plan(args: argparse.Namespace) -> int:
         entries = ok + (bad if args.include_rejected else [])
         print(json.dumps([p.to_dict() for p in entries], indent=1))
     else:
-        print(format_plan(req, ok, bad, args.top))
+        print(format_plan(req, ok, bad, args.top, dense))
     return 0 if ok else 1
 
 
-def format_plan(req, ok: list[LayoutPlan], bad: list[LayoutPlan], top: int = 10) -> str:
-    """The human-readable report: feasible layouts best first, then the rejected ones with their reasons."""
+def format_plan(req, ok: list[LayoutPlan], bad: list[LayoutPlan], top: int = 10,
+                dense: list[LayoutPlan] | None = None) -> str:
+    """The human-readable report: feasible layouts best first, then the rejected ones with their reasons
+    (``dense``: the same request's feasible layouts without sparse attention, for the comparison line)."""
     c = req.cluster
     lines = [
         f"{req.model.name}: {req.width}x{req.height}, {req.frames} frames, {req.steps} steps"
         f"{'' if req.guidance else ', no guidance'} on {c.gpus} x {c.gpu.name} ({req.gpu_memory_gb:.0f} GB), "
         f"{c.gpus_per_node} per node, {c.intra_link} / {c.inter_link}",
+    ]
+    if req.sparse is not None:
+        lines.append(f"sparse attention {req.sparse_costs().describe()}")
+        if ok and dense:
+            lines.append(f"best total {ok[0].total_time_s:.1f} s sparse vs {dense[0].total_time_s:.1f} s dense "
+                         f"({dense[0].total_time_s / ok[0].total_time_s:.2f}x)")
+    lines += [
         "",
         f"{'#':>3} {'ulysses':>7} {'ring':>4} {'cfg':>3} {'fsdp':>4} {'vae':>6} {'step s':>8} {'total s':>8} "
         f"{'comm GB/step':>12} {'exp.comm':>8} {'peak GB':>7} {'eff.':>5}",

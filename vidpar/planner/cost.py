@@ -23,6 +23,7 @@ from vidpar.parallel.split import split_sizes
 
 from . import hardware as hw
 from .comm_model import cfg_exchange_bytes, predict_comm_bytes, predict_vae_busiest_rank_bytes
+from .sparse_cost import SparseCosts
 from .workload import ModelSpec, latent_shape
 
 # Elementwise traffic per layer (LayerNorms, AdaLN modulation, rotary, fp32 residual adds, dtype casts):
@@ -90,8 +91,10 @@ def step_time(
     fsdp: bool,
     cluster: Cluster,
     guidance: bool = True,
+    sparse: "SparseCosts | None" = None,
 ) -> StepTime:
-    """Predicted time of one denoising step (batch 1 per branch) for ``parallel`` on ``cluster``."""
+    """Predicted time of one denoising step (batch 1 per branch) for ``parallel`` on ``cluster``; ``sparse``: a
+    sparse-attention pattern's expected kept share of video attention and its windowed-ring bytes."""
     cfg, gpu = model.config, cluster.gpu
     u, r = parallel.ulysses, parallel.ring
     p = u * r
@@ -102,7 +105,8 @@ def step_time(
     head_imb = max(split_sizes(cfg.num_heads, u)) * u / cfg.num_heads
     block_imb = max(sum(split_sizes(tokens, p)[i * u:(i + 1) * u]) for i in range(r)) * r / tokens
     t_gemm = (flops.linear * token_imb / p + flops.context) / (peak * hw.GEMM_EFFICIENCY)
-    t_attn = flops.attention * head_imb * block_imb / p / (peak * hw.ATTENTION_EFFICIENCY)
+    attention = flops.attention * (sparse.attention_factor if sparse is not None else 1.0)
+    t_attn = attention * head_imb * block_imb / p / (peak * hw.ATTENTION_EFFICIENCY)
     t_cross = flops.cross_attention * token_imb / p / (peak * hw.ATTENTION_EFFICIENCY)
     local = max(split_sizes(tokens, p))
     mem_bytes = ELEMENTWISE_BYTES_PER_TOKEN_DIM
@@ -114,6 +118,8 @@ def step_time(
     compute = t_gemm + t_attn + t_cross + t_mem
 
     per_fwd = predict_comm_bytes(cfg, latent, 1, parallel, 2, out_dtype_bytes=2)
+    if sparse is not None and r > 1:
+        per_fwd["ring"] = int(sparse.ring_bytes(parallel, per_fwd["ring"], 2))
     layers = cfg.num_layers
     exposed = 0.0
     sp_span = cluster.spans_nodes(p)

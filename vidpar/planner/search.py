@@ -15,6 +15,7 @@ from vidpar.parallel.config import ParallelConfig
 from . import hardware as hw
 from .cost import Cluster, step_time, vae_decode_comm_bytes, vae_decode_time
 from .memory import estimate_memory
+from .sparse_cost import SparseCosts
 from .workload import ModelSpec, latent_shape, model_spec, num_tokens
 
 VAE_MODES = ("patch", "combined", "pipeline")  # the parallel decode modes (see vidpar.planner.vae_comm)
@@ -33,6 +34,17 @@ class Request:
     gpu_memory_gb: float
     guidance: bool = True
     text_encoder_on_gpu: bool = True
+    sparse: Any = None  # a vidpar.parallel.sparse.SparseAttention, or None (dense)
+
+    def sparse_costs(self) -> "SparseCosts | None":
+        """The sparse pattern's figures for this request's token grid (computed once; None when dense)."""
+        if self.sparse is None:
+            return None
+        cfg = self.model.config
+        _, f, h, w = latent_shape(self.model.vae, self.height, self.width, self.frames)
+        grid = tuple(n // p for n, p in zip((f, h, w), cfg.patch_size))
+        return SparseCosts(self.sparse, grid, cfg.num_heads, cfg.head_dim, cfg.num_layers, self.steps,
+                           cfg.joint_tokens)
 
 
 @dataclass
@@ -93,18 +105,18 @@ def _vae_modes(n: int, stages: int = 7) -> tuple[str, ...]:
                  if (m != "combined" or (n >= 4 and n % 2 == 0)) and (m != "pipeline" or n <= stages))
 
 
-def single_gpu_step_time(req: Request) -> float:
+def single_gpu_step_time(req: Request, sparse: SparseCosts | None = None) -> float:
     """Predicted step time on one GPU (whether or not the model fits its memory): the efficiency baseline."""
     one = Cluster(req.cluster.gpu, 1, 1, req.cluster.intra_link, req.cluster.inter_link)
     latent = latent_shape(req.model.vae, req.height, req.width, req.frames)
     return step_time(req.model, latent, num_tokens(req.model.config, latent), ParallelConfig(), False, one,
-                     req.guidance).total_s
+                     req.guidance, sparse).total_s
 
 
 def evaluate(req: Request, u: int, r: int, c: int, fsdp: bool, vae_mode: str, t_one: float,
-             vae_bytes: dict[str, int] | None = None) -> LayoutPlan:
+             vae_bytes: dict[str, int] | None = None, sparse: SparseCosts | None = None) -> LayoutPlan:
     """Predictions and rejection reasons of one layout (``vae_bytes``: ``vae_decode_comm_bytes`` of ``vae_mode``,
-    computed here if None; it does not depend on the DiT layout)."""
+    computed here if None; it does not depend on the DiT layout; ``sparse``: ``req.sparse_costs()``)."""
     cfg, cl = req.model.config, req.cluster
     plan = LayoutPlan(u, r, c, fsdp, vae_mode)
     if c > 2:
@@ -131,7 +143,7 @@ def evaluate(req: Request, u: int, r: int, c: int, fsdp: bool, vae_mode: str, t_
     tokens = num_tokens(cfg, latent)
     if tokens < u * r:
         plan.notes.append(f"{tokens} tokens on {u * r} sequence ranks: some ranks hold none")
-    st = step_time(req.model, latent, tokens, plan.parallel_config, fsdp, cl, req.guidance)
+    st = step_time(req.model, latent, tokens, plan.parallel_config, fsdp, cl, req.guidance, sparse)
     plan.step_time_s = st.total_s
     plan.compute_s, plan.exposed_comm_s = st.compute_s, st.exposed_comm_s
     plan.comm_share = st.exposed_comm_s / st.total_s if st.total_s else 0.0
@@ -167,7 +179,8 @@ def plan_layouts(req: Request) -> tuple[list[LayoutPlan], list[LayoutPlan]]:
         raise ValueError(f"need at least one GPU and one GPU per node, got {n} and {req.cluster.gpus_per_node}")
     if req.steps < 1:
         raise ValueError(f"steps must be positive, got {req.steps}")
-    t_one = single_gpu_step_time(req)
+    sparse = req.sparse_costs()
+    t_one = single_gpu_step_time(req, sparse)
     stages = req.model.vae.num_stages()
     modes = _vae_modes(n, stages) if n > 1 else ("single",)
     video = (req.frames, req.height, req.width)
@@ -176,7 +189,7 @@ def plan_layouts(req: Request) -> tuple[list[LayoutPlan], list[LayoutPlan]]:
     for u, r, c in _factorizations(n):
         for fsdp in ((False, True) if n > 1 else (False,)):
             for vae_mode in modes:
-                plans.append(evaluate(req, u, r, c, fsdp, vae_mode, t_one, vae_bytes[vae_mode]))
+                plans.append(evaluate(req, u, r, c, fsdp, vae_mode, t_one, vae_bytes[vae_mode], sparse))
     key = lambda p: (round(p.total_time_s, 6), round(p.step_time_s, 6), p.peak_memory_gb, p.ring, p.cfg)  # noqa
     ok = sorted((p for p in plans if not p.rejected), key=key)
     bad = sorted((p for p in plans if p.rejected), key=key)
@@ -197,8 +210,10 @@ def make_request(
     steps: int = 50,
     guidance: bool = True,
     text_encoder_on_gpu: bool = True,
+    sparse: Any = None,
 ) -> Request:
-    """A ``Request`` from plain values (validates the GPU kind, links and video size)."""
+    """A ``Request`` from plain values (validates the GPU kind, links and video size); ``sparse``: a
+    ``SparseAttention`` or its CLI spec (``"window"``...)."""
     spec = hw.gpu_spec(gpu)
     cluster = Cluster(spec, gpus, min(gpus_per_node, gpus), intra_link, inter_link)
     hw.link_bandwidth(intra_link, spec)  # raise early on an unknown or impossible link
@@ -206,7 +221,11 @@ def make_request(
     ms = model_spec(model)
     latent_shape(ms.vae, height, width, frames)
     mem = spec.memory_gb if gpu_memory_gb is None else float(gpu_memory_gb)
-    return Request(ms, height, width, frames, steps, cluster, mem, guidance, text_encoder_on_gpu)
+    if isinstance(sparse, str):
+        from vidpar.parallel.sparse import SparseAttention
+
+        sparse = SparseAttention.from_cli(sparse)
+    return Request(ms, height, width, frames, steps, cluster, mem, guidance, text_encoder_on_gpu, sparse)
 
 
 def auto_parallel_config(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidpar.data.shapes import COLORS, DIRECTIONS, color_centroids, held_out_prompts
+from vidpar.data.shapes import colour_ok, direction_ok, held_out_prompts
 from vidpar.models.wan.components import load_components
 from vidpar.parallel import ParallelConfig, init_parallel
 from vidpar.pipeline import Pipeline
@@ -25,32 +25,6 @@ from vidpar.video import Video
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "tiny_shapes"
 SAMPLING = dict(height=64, width=64, num_frames=9, num_steps=20, guidance_scale=5.0)
-MIN_PIXELS = 12  # a shape is ~150 pixels; fewer matches than this is no shape
-MARGIN = 6.0  # pixels the centroid must travel along each named axis, first frame -> last frame
-
-
-def colour_ok(frames: np.ndarray, color: str) -> bool:
-    """The named colour is in every frame and covers more pixels than any other palette colour."""
-    counts = {c: color_centroids(frames, c)[0] for c in COLORS}
-    return bool(counts[color].min() >= MIN_PIXELS and all(
-        counts[color].sum() > counts[c].sum() for c in COLORS if c != color
-    ))
-
-
-def direction_ok(frames: np.ndarray, color: str, direction: str) -> bool:
-    """The colour centroid moved by >= ``MARGIN`` px the named way on each named axis; on an axis the direction
-    does not name, it moved less than half the distance covered along the named one."""
-    _, xy = color_centroids(frames, color)
-    if np.isnan(xy[[0, -1]]).any():
-        return False
-    d = xy[-1] - xy[0]
-    want = np.array(DIRECTIONS[direction], dtype=np.float64)
-    named = want != 0
-    if not np.all(d[named] * want[named] >= MARGIN):
-        return False
-    return bool(np.all(np.abs(d[~named]) < 0.5 * np.abs(d[named]).min()))
-
-
 def single_pipeline(dtype: torch.dtype = torch.float32) -> Pipeline:
     ctx = init_parallel(ParallelConfig())
     return Pipeline(load_components("tiny-shapes", dtype, ctx.device), ctx, dtype)

@@ -243,3 +243,31 @@ def color_centroids(frames: np.ndarray, color: str, tol: float = 70.0) -> tuple[
         cx = (mask * xx).sum(axis=(1, 2)) / counts
         cy = (mask * yy).sum(axis=(1, 2)) / counts
     return counts, np.stack([cx, cy], axis=1)
+
+
+# ---- prompt adherence: the named colour present and moving the named way (what tests/benchmarks score) ----
+
+ADHERENCE_MIN_PIXELS = 12  # a shape is ~150 pixels; fewer matches than this is no shape
+ADHERENCE_MARGIN = 6.0  # pixels the centroid must travel along each named axis, first frame -> last frame
+
+
+def colour_ok(frames: np.ndarray, color: str) -> bool:
+    """The named colour is in every frame and covers more pixels than any other palette colour."""
+    counts = {c: color_centroids(frames, c)[0] for c in COLORS}
+    return bool(counts[color].min() >= ADHERENCE_MIN_PIXELS and all(
+        counts[color].sum() > counts[c].sum() for c in COLORS if c != color
+    ))
+
+
+def direction_ok(frames: np.ndarray, color: str, direction: str) -> bool:
+    """The colour centroid moved by >= ``ADHERENCE_MARGIN`` px the named way on each named axis; on an axis the
+    direction does not name, it moved less than half the distance covered along the named one."""
+    _, xy = color_centroids(frames, color)
+    if np.isnan(xy[[0, -1]]).any():
+        return False
+    d = xy[-1] - xy[0]
+    want = np.array(DIRECTIONS[direction], dtype=np.float64)
+    named = want != 0
+    if not np.all(d[named] * want[named] >= ADHERENCE_MARGIN):
+        return False
+    return bool(np.all(np.abs(d[~named]) < 0.5 * np.abs(d[named]).min()))

@@ -167,7 +167,7 @@ def build_transformer(task: str):
 
     model = HunyuanVideo15Transformer3DModel(
         in_channels=2 * LATENT_CHANNELS + 1, out_channels=LATENT_CHANNELS, num_attention_heads=3,
-        attention_head_dim=8, num_layers=2, num_refiner_layers=1, mlp_ratio=2.0, text_embed_dim=TEXT_DIM,
+        attention_head_dim=8, num_layers=2, num_refiner_layers=2, mlp_ratio=2.0, text_embed_dim=TEXT_DIM,
         text_embed_2_dim=GLYPH_DIM, image_embed_dim=VISION_DIM, rope_axes_dim=(2, 2, 4), target_size=32,
         task_type=task,
     )

@@ -189,3 +189,24 @@ def test_planner_ranks_hunyuanvideo_layouts(capsys):
     assert plans and {"ulysses", "ring", "cfg", "fsdp", "vae_mode", "step_time_s", "peak_memory_gb",
                       "comm_bytes_per_gpu_per_step", "scaling_efficiency"} <= set(plans[0])
     assert all(p["ulysses"] * p["ring"] * p["cfg"] == 8 for p in plans)
+
+
+def test_official_layout_makes_the_same_video(folders, tmp_path):
+    """An official ``ckpts/`` folder (transformer/<variant> in official names, vae/, text_encoder/{llm, byt5-small,
+    Glyph-SDXL-v2}) with the same weights gives the diffusers folder's video (weights and prompt states are equal bit
+    for bit; the DiT's tensors are laid out differently in memory after the official fused-qkv split, which moves
+    its output in the last bits, so frames are compared by the one-level rule)."""
+    from hy15_reference import official_config, write_official
+    from vidpar.models.hunyuanvideo15 import HunyuanVideo15Transformer3D
+
+    ckpts = tmp_path / "ckpts"
+    dit = HunyuanVideo15Transformer3D.from_pretrained(folders["t2v"])
+    write_official(ckpts / "transformer" / "480p_t2v", dit, official_config(dit))
+    shutil.copytree(f"{folders['t2v']}/vae", ckpts / "vae")
+    ref.write_official_encoders(ckpts, diffusers.HunyuanVideo15Pipeline.from_pretrained(folders["t2v"]))
+    for source in (ckpts, ckpts / "transformer" / "480p_t2v"):
+        card = model_card(source)
+        assert card.family == "hunyuanvideo-1.5" and card.sampler.name == "euler-linear"
+        assert card.sampler.shift == 5.0 and card.defaults.guidance_scale == 6.0  # the release table, 480p
+    ours = Pipeline.from_pretrained(ckpts).generate(PROMPT, NEGATIVE, **SAMPLING).frames
+    assert_close_frames(ours, generate_task(None, folders["t2v"], None))

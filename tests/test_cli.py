@@ -46,7 +46,7 @@ def test_plan_jobs_fills_in_degrees_and_outputs(tmp_path):
         (["--out", "/no/such/folder/v.mp4"], 1, "does not exist"),
         (["--out", "v.avi"], 1, "use .mp4"),
         (["--checkpoint-dir", "/no/such/folder/ck"], 1, "does not exist"),
-        (["--timeout", "0"], 1, "--timeout must be positive"),
+        (["--timeout", "0"], 1, "--timeout must be a positive"),
         (["--image", "/no/such/image.png"], 1, "no such file"),
     ],
 )

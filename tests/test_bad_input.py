@@ -62,6 +62,7 @@ def frames(n: int = 3, value: int = 0) -> np.ndarray:
     (["--guidance-scale", "nan"], 1, "guidance_scale must be a finite number, got nan"),
     (["--flow-shift", "inf"], 1, "flow_shift must be a finite number, got inf"),
     (["--flow-shift", "0"], 1, "flow_shift must be > 0"),
+    (["--guidance-scale", "-2"], 1, "guidance_scale must be >= 0"),
     (["--seed", str(2**70)], 1, "seed must be an int in [0, 2**64 - 1]"),
     (["--seed", "-1"], 1, "seed must be an int in [0, 2**64 - 1]"),
     (["--timeout", "inf"], 1, "--timeout must be a positive number of seconds, got inf"),
@@ -260,6 +261,17 @@ def test_the_card_counts_the_checkpoints_own_text_encoder():
     assert model_card("tiny").workload.text_encoder_params == sum(p.numel() for p in tiny_te.parameters())
 
 
+def test_from_pretrained_checks_configs_weights_and_backend_before_loading(shapes_folder):
+    from vidpar.pipeline import Pipeline
+
+    with pytest.raises(ValueError, match="attention_backend: unknown attention backend 'nope'"):
+        Pipeline.from_pretrained("tiny", attention_backend="nope")
+    path = shapes_folder / "transformer" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_heads": 4.7}))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: num_heads must be an int >= 1, got 4.7")):
+        Pipeline.from_pretrained(shapes_folder)
+
+
 # ---- memory: the planner's model against this machine ----
 
 def test_memory_model_refuses_what_cannot_fit_and_names_the_largest_that_does():
@@ -286,7 +298,7 @@ def test_memory_model_refuses_what_cannot_fit_and_names_the_largest_that_does():
 
 # ---- the checkpoint folder's lock ----
 
-def test_checkpoint_lock_refuses_a_live_owner_and_takes_over_stale_ones(tmp_path):
+def test_checkpoint_lock_refuses_a_live_owner_and_takes_over_stale_ones(tmp_path, monkeypatch):
     from vidpar.checkpoint_lock import CheckpointLock, LockedError
 
     first = CheckpointLock(tmp_path / "ck", heartbeat=0.1).acquire()
@@ -309,6 +321,14 @@ def test_checkpoint_lock_refuses_a_live_owner_and_takes_over_stale_ones(tmp_path
     lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time()}))
     with pytest.raises(LockedError, match="host elsewhere, pid 1"):
         CheckpointLock(tmp_path / "ck").acquire()
+    # A crashed earlier attempt of this same run (requeued by Slurm, or restarted by torchrun) on another node.
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "heartbeat": time.time(), "job": "77",
+                                     "attempt": [0, 0]}))
+    taken = CheckpointLock(tmp_path / "ck").acquire()
+    assert taken.read_owner()["attempt"] == [1, 0]
+    taken.release()
 
 
 # ---- the Python API on 2 ranks ----
@@ -385,6 +405,8 @@ def test_cli_probes_exit_2_with_one_line_on_every_rank(tmp_path):
     args = ["generate", *BASE, "--no-progress"]
     probes = [
         ("ring 0", [*args, "--out", "v.npy", "--ring", "0"], "--ring must be >= 1, got 0"),
+        ("check ring 0", ["check", "--model", "tiny", "--ring", "0"], "vidpar check: error: --ring must be >= 1"),
+        ("check backend", ["check", "--model", "tiny", "--attention-backend", "nope"], "unknown attention backend"),
         ("guidance nan", [*args, "--out", "v.npy", "--guidance-scale", "nan"], "guidance_scale must be a finite"),
         ("shift inf", [*args, "--out", "v.npy", "--flow-shift", "inf"], "flow_shift must be a finite number"),
         ("steps 2.5", [*args, "--out", "v.npy", "--steps", "2.5"], "argument --steps: invalid int value: '2.5'"),

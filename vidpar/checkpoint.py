@@ -36,20 +36,23 @@ class GenerationInterrupted(Exception):
 
 
 class StopRequest:
-    """A flag set from signal handlers (SIGTERM, SIGUSR1 by default); the loop checks it once per step."""
+    """A flag set from signal handlers (SIGTERM, SIGUSR1 and SIGINT/Ctrl-C by default); the loop checks it once per
+    step, so every rank stops after the same step (a terminal's Ctrl-C reaches every rank, torchrun forwards the
+    others: one stop however many signals arrive)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self.signal_name: str | None = None
 
     def request(self, name: str = "manual") -> None:
-        self.signal_name = name
+        if not self._event.is_set():
+            self.signal_name = name  # the first signal is the reason
         self._event.set()
 
     def is_set(self) -> bool:
         return self._event.is_set()
 
-    def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)) -> "StopRequest":
+    def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)) -> "StopRequest":
         """Route ``signals`` to this request (main thread only). Returns self."""
         for sig in signals:
             signal.signal(sig, lambda signum, _frame: self.request(signal.Signals(signum).name))

@@ -3,8 +3,9 @@
 Two runs sharing a ``--checkpoint-dir`` would overwrite one snapshot and the first to finish would delete it. The
 run that uses a folder holds ``vidpar.lock`` in it: host, pid, start time, a token and a heartbeat that a side
 thread refreshes every few seconds. Another run is refused, naming the owner. A lock is stale, and taken over,
-when its owner is a dead process on this host, or its heartbeat is older than ``stale_after`` seconds (an owner on
-another host that died, or a killed job); the lock is removed when the run ends.
+when its owner is a dead process on this host, its heartbeat is older than ``stale_after`` seconds (an owner on
+another host that died, or a killed job), or it belongs to an earlier attempt of this same run (a torchrun restart
+or a Slurm requeue after a crash: same job/run id, lower restart count); the lock is removed when the run ends.
 
 Only one process of a run takes the lock (rank 0); ``hold_checkpoint_dir`` makes every rank agree on the outcome.
 """
@@ -29,6 +30,15 @@ STALE_AFTER_S = 60.0
 
 class LockedError(ValueError):
     """The folder is held by another live run."""
+
+
+def _run_identity() -> tuple[str | None, list[int]]:
+    """``(run id, attempt)`` of this process: the Slurm job and torchrun run it belongs to (None outside both), and
+    its restart counts ``[Slurm requeues, torchrun restarts]``."""
+    job, elastic = os.environ.get("SLURM_JOB_ID"), os.environ.get("TORCHELASTIC_RUN_ID")
+    run = "/".join(x for x in (job, elastic) if x) or None
+    attempt = [int(os.environ.get(v, "0") or 0) for v in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")]
+    return run, attempt
 
 
 def _pid_alive(pid: int) -> bool:
@@ -59,8 +69,9 @@ class CheckpointLock:
 
     def _record(self, started: float | None = None) -> dict:
         now = time.time()
+        run, attempt = _run_identity()
         return {"host": socket.gethostname(), "pid": os.getpid(), "started": started or now, "heartbeat": now,
-                "token": self.token, "job": os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID")}
+                "token": self.token, "job": run, "attempt": attempt}
 
     def read_owner(self) -> dict | None:
         """The current owner's record (None: no lock file, or one being written right now)."""
@@ -74,6 +85,10 @@ class CheckpointLock:
 
     def stale_reason(self, owner: dict) -> str | None:
         """Why ``owner``'s lock no longer counts (None: it is live)."""
+        run, attempt = _run_identity()
+        if run is not None and owner.get("job") == run and isinstance(owner.get("attempt"), list) \
+                and owner["attempt"] < attempt:
+            return f"it belongs to an earlier attempt of this run (restart {owner['attempt']}, now {attempt})"
         if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) \
                 and not _pid_alive(owner["pid"]):
             return f"its owner, pid {owner['pid']} on this host, is gone"

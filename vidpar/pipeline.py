@@ -87,6 +87,8 @@ def check_request_values(req: GenerationRequest) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if name.startswith("guidance") and value < 0:
+            raise ValueError(f"{name} must be >= 0 (1 or less: no guidance), got {value}")
     if req.flow_shift <= 0:
         raise ValueError(f"flow_shift must be > 0, got {req.flow_shift}")
 

@@ -79,7 +79,7 @@ class Comm:
         mon.enter(op, axis)
         try:
             return fn()
-        except Exception as e:  # noqa: BLE001 - a transport error or timeout: say whose fault it was
+        except RuntimeError as e:  # gloo/NCCL transport errors and timeouts: say whose fault it was
             raise PeerFailure(mon.explain(e, op, axis)) from e
         finally:
             mon.leave()

@@ -21,13 +21,13 @@ import torch
 
 from vidpar.checkpoint import DenoiseCheckpoint, GenerationInterrupted, StopRequest
 from vidpar.checkpoint_lock import hold_checkpoint_dir
-from vidpar.preflight import check_attention_backend, check_fits
 from vidpar.models.family import LoadedModel, ModelCard, StepInfo, TensorSpec
 from vidpar.models.registry import check_source
+from vidpar.outputs import request_fields
 from vidpar.parallel import ParallelConfig, ParallelContext, init_parallel
 from vidpar.parallel.fsdp import shard_weights
 from vidpar.parallelize import parallelize
-from vidpar.outputs import request_fields
+from vidpar.preflight import check_attention_backend, check_fits
 from vidpar.schedulers import make_scheduler
 from vidpar.step_guard import non_finite_error, step_flags
 from vidpar.video import Video, to_uint8_frames

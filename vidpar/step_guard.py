@@ -11,6 +11,9 @@ from __future__ import annotations
 import torch
 
 
+STEP_FLAGS_BYTES = 8  # two fp32 flags, all-reduced over every rank once per step (counted under "control")
+
+
 class NonFiniteLatents(RuntimeError):
     """The latents became NaN/Inf at a step (raised on every rank at the same step)."""
 
@@ -26,7 +29,7 @@ def step_flags(ctx, latents: torch.Tensor, stop) -> tuple[bool, bool]:
     if stop is not None and stop.is_set():
         flags[0] = 1.0
     flags[1] = (~torch.isfinite(latents)).any().to(torch.float32)
-    flags = ctx.comm.all_reduce(flags, "world")
+    flags = ctx.comm.all_reduce(flags, "world", control=True)
     stopping, broken = (bool(v > 0) for v in flags.tolist())
     return stopping, broken
 

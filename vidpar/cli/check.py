@@ -19,11 +19,11 @@ import torch
 from vidpar.launch_env import apply_launch_env
 from vidpar.models.family import StepInfo
 
-from .jobs import check_attention_backend
 from .common import (
     DTYPES, EXIT_FAILED, EXIT_OK, UsageError, add_model_arguments, check_model, finish_distributed,
     parallel_config, report_failure, setup_logging, timeout_of, usage_error,
 )
+from .jobs import check_attention_backend
 
 TOLERANCES = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float64: 1e-12}
 

@@ -164,13 +164,13 @@ class Comm:
             self._count(axis, x.numel() * x.element_size() * (g.size - 1))
         return x
 
-    def all_reduce(self, x: torch.Tensor, axis: str) -> torch.Tensor:
-        """Sum ``x`` in place over ``axis``."""
+    def all_reduce(self, x: torch.Tensor, axis: str, control: bool = False) -> torch.Tensor:
+        """Sum ``x`` in place over ``axis`` (``control``: a small bookkeeping message, counted under "control")."""
         g = self.group(axis)
         if g.size == 1:
             return x
         self._call("all_reduce", axis, lambda: dist.all_reduce(x, group=g.group))
-        self._count(axis, 2 * x.numel() * x.element_size() * (g.size - 1) // g.size)
+        self._count("control" if control else axis, 2 * x.numel() * x.element_size() * (g.size - 1) // g.size)
         return x
 
     def snapshot(self) -> dict[str, int]:

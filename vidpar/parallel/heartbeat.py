@@ -156,7 +156,8 @@ class PeerMonitor:
                 parts.append(f"rank {r} failed ({rec['failed'][:300]}) " + _where(rec))
         silent = {r: rec for r, rec in silent.items() if r not in failed}
         if silent:
-            ranks = ", ".join(f"rank {r} ({_where(rec, 'at its last heartbeat ')})" for r, rec in sorted(silent.items()))
+            ranks = ", ".join(f"rank {r} ({_where(rec, 'at its last heartbeat ')})"
+                              for r, rec in sorted(silent.items()))
             parts.append(f"{ranks} stopped answering (no heartbeat for {2.5 * self.interval + 0.5:.0f} s: dead or "
                          "frozen)")
         if not parts:

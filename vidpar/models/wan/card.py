@@ -101,7 +101,8 @@ def wan_card(
     return ModelCard(
         family="wan", name=name, geometry=geometry, defaults=defaults, sampler=sampler, guidance="cfg",
         image=image_kind(dit, vae, expand_timesteps), text_len=dit.text_len, experts=experts,
-        workload=wan_model_spec(name, dit, vae, experts, text_encoder_params or TEXT_ENCODER_PARAMS), notes=tuple(notes),
+        workload=wan_model_spec(name, dit, vae, experts, text_encoder_params or TEXT_ENCODER_PARAMS),
+        notes=tuple(notes),
     )
 
 

@@ -60,11 +60,11 @@ def _own_rss() -> float:
         return 0.0
 
 
-def local_capacity(device: str, local_rank: int = 0, local_world_size: int = 1) -> float:
-    """Bytes this rank may use: the CUDA device's total memory, or on CPU this process's resident memory plus its
-    share of the machine's available RAM (shared by ``local_world_size`` ranks)."""
+def local_capacity(device: str, device_index: int = 0, local_world_size: int = 1) -> float:
+    """Bytes this rank may use: the CUDA device's total memory (device ``device_index``), or on CPU this process's
+    resident memory plus its share of the machine's available RAM (shared by ``local_world_size`` ranks)."""
     if device == "cuda":
-        return float(torch.cuda.get_device_properties(local_rank).total_memory)
+        return float(torch.cuda.get_device_properties(device_index).total_memory)
     return _own_rss() + _meminfo_available() / max(1, local_world_size)
 
 

@@ -41,8 +41,8 @@ def check_fits(card, req, ctx, dtype: torch.dtype, vae_mode: str = "auto", fsdp:
     """Refuse (``ValueError`` on every rank) a resolved request predicted not to fit this rank's memory: the
     smallest capacity over the ranks decides (one small all-gather), so every rank gives the same verdict."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    capacity = agree_capacity(ctx, local_capacity(ctx.device.type, local_rank, local_world))
+    index = ctx.device.index if ctx.device.type == "cuda" and ctx.device.index is not None else 0
+    capacity = agree_capacity(ctx, local_capacity(ctx.device.type, index, local_world))
     mreq = MemoryRequest(req.height, req.width, req.num_frames, ctx.config, dtype, ctx.device.type, vae_mode, fsdp)
     problem = memory_problem(card, mreq, capacity, describe_capacity(ctx.device.type, local_world))
     if problem is not None:

@@ -190,7 +190,7 @@ class CheckpointLock:
 def hold_checkpoint_dir(ctx, folder: str | os.PathLike | None) -> Iterator[CheckpointLock | None]:
     """Rank 0 holds ``folder``'s lock for the duration (every rank raises ``LockedError`` if another run has it).
     Re-entrant: a folder this process already holds (the CLI holds the run's folder) is used as it is."""
-    from vidpar.parallel.agree import agree_message
+    from vidpar.parallel.agree_message import agree_message
 
     lock, message = None, None
     if folder is not None and ctx.rank == 0:

@@ -46,7 +46,7 @@ def test_plan_jobs_fills_in_degrees_and_outputs(tmp_path):
         (["--out", "/no/such/folder/v.mp4"], 1, "does not exist"),
         (["--out", "v.avi"], 1, "use .mp4"),
         (["--checkpoint-dir", "/no/such/folder/ck"], 1, "does not exist"),
-        (["--timeout", "0"], 1, "--timeout must be positive"),
+        (["--timeout", "0"], 1, "--timeout must be a positive"),
         (["--image", "/no/such/image.png"], 1, "no such file"),
     ],
 )
@@ -68,7 +68,8 @@ def test_missing_checkpoint_folder_and_prompts_file(tmp_path):
 
 
 def test_bad_input_exits_2_fast_on_every_rank(tmp_path):
-    """Under torchrun every rank rejects the input before init_parallel: no rendezvous wait, no weights."""
+    """Under torchrun every rank rejects the input before init_parallel: no rendezvous wait, no weights. Every rank
+    prints the line: the first to exit 2 gets the others SIGTERMed by torchrun, maybe before they could print."""
     t0 = time.monotonic()
     res = run_vidpar(["generate", *TINY, "--steps", "2", "--out", "v.npy", "--ulysses", "3"], tmp_path, nproc=2,
                      timeout=90)

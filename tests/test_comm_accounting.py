@@ -165,7 +165,8 @@ def measure_pipeline_step(env, degrees):
 @pytest.mark.parametrize("world,degrees", [(2, (1, 1, 2)), (2, (2, 1, 1)), (4, (2, 1, 2))])
 def test_pipeline_guided_step_bytes_match_prediction(pools, world, degrees):
     for rank, measured in enumerate(pools(world).run(measure_pipeline_step, degrees)):
-        predicted = predict_step_comm_bytes(tiny_config(3), LATENT, ParallelConfig(*degrees), 4, rank=rank)
+        predicted = predict_step_comm_bytes(tiny_config(3), LATENT, ParallelConfig(*degrees), 4, rank=rank,
+                                            step_flags=True)
         assert_equal_per_key(measured, predicted, f"pipeline {degrees} rank {rank}")
 
 

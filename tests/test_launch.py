@@ -1,6 +1,8 @@
 """Launching: the Slurm/torchrun environment mapping, two torchrun "nodes" meeting over a c10d rendezvous on
-loopback, a rank that raises or dies (every process exits non-zero, in bounded time, naming the rank), and a real
-SIGUSR1 that stops and saves a run which the same command then finishes with identical frames."""
+loopback, a rank that raises, dies or hangs (every process exits non-zero, in bounded time, and every survivor's
+message names the rank and the collective), NaN latents (exit 1 naming the step), a real SIGUSR1 that stops and
+saves a run which the same command then finishes with identical frames, and SIGTERM without a checkpoint dir
+(exit 4, nothing saved)."""
 
 from __future__ import annotations
 
@@ -89,20 +91,70 @@ def test_two_torchrun_nodes_over_c10d_rendezvous(tmp_path, reference):
     assert np.array_equal(np.load(tmp_path / "two_nodes.npy"), reference)
 
 
-@pytest.mark.parametrize("mode", ["raise", "exit"])
+@pytest.mark.parametrize("mode", ["raise", "exit", "hang"])
 def test_failed_rank_stops_every_rank_in_bounded_time(tmp_path, mode):
-    spec = "1:3" if mode == "raise" else "1:3:exit"  # rank 1 fails at its 3rd DiT forward (mid-denoise)
+    """Rank 1 raises, dies (os._exit) or hangs (sleeps, heartbeat alive) at its 3rd DiT forward (mid-denoise,
+    inside Ulysses' all-to-all): the survivor's one line names rank 1, what happened to it and the collective."""
+    spec = {"raise": "1:3", "exit": "1:3:exit", "hang": "1:3:hang=20"}[mode]
+    timeout = "10" if mode == "hang" else "30"  # a dead or failed peer is named at once, a stuck one after this
     t0 = time.monotonic()
-    res = run_vidpar(["generate", *TINY, *STEPS, "--out", "never.npy", "--timeout", "20"], tmp_path, nproc=2,
+    res = run_vidpar(["generate", *TINY, *STEPS, "--out", "never.npy", "--timeout", timeout], tmp_path, nproc=2,
                      timeout=120, VIDPAR_DEBUG_FAIL=spec)
     elapsed = time.monotonic() - t0
     assert res.returncode != 0 and not (tmp_path / "never.npy").exists()
     assert elapsed < 90, f"took {elapsed:.0f} s"
+    if mode != "hang":
+        assert elapsed < 60, f"took {elapsed:.0f} s: a dead or failing peer must be named well within --timeout"
+    survivor = next((line for line in res.stdout.splitlines() if line.startswith("vidpar: rank 0 failed")), "")
+    assert "PeerFailure" in survivor and "rank 0 was in all_to_all on axis 'ulysses'" in survivor, res.stdout
     if mode == "raise":
         assert "rank 1 failed: RuntimeError: VIDPAR_DEBUG_FAIL" in res.stdout, res.stdout
-    else:  # a dead process says nothing itself; torchrun's summary names it and its exit code
+        assert "rank 1 failed (RuntimeError: VIDPAR_DEBUG_FAIL: injected failure at DiT forward 3)" in survivor
+    elif mode == "exit":  # a dead process says nothing itself: its silence on the heartbeat channel names it
         assert "rank      : 1" in res.stdout and "exitcode  : 17" in res.stdout, res.stdout
-    assert "rank 0 failed" in res.stdout, res.stdout  # the survivor does not hang: it fails and says so
+        assert "rank 1 (" in survivor and "stopped answering" in survivor, survivor
+    else:  # alive but stuck outside the collective: named after --timeout
+        assert "rank 1 (" in survivor and "is alive but never joined this collective" in survivor, survivor
+        assert "Timed out" in survivor, survivor
+
+
+def test_non_finite_latents_end_the_run_naming_the_step(tmp_path):
+    """Rank 1's DiT output overflows to NaN at its 2nd forward (step 1, both CFG branches): every rank stops at
+    the same step with exit 1 and no video is written."""
+    t0 = time.monotonic()
+    res = run_vidpar(["generate", *TINY, *STEPS, "--out", "never.npy"], tmp_path, nproc=2, timeout=120,
+                     VIDPAR_DEBUG_FAIL="1:2:nan")
+    assert res.returncode != 0 and not (tmp_path / "never.npy").exists(), res.stdout
+    for rank in (0, 1):
+        assert f"vidpar: rank {rank} failed: NonFiniteLatents: the latents became NaN/Inf at step 1 of 6" \
+            in res.stdout, res.stdout
+    assert "exitcode  : 1" in res.stdout and time.monotonic() - t0 < 90
+
+
+def test_sigterm_without_checkpoint_dir_exits_4_saying_nothing_was_saved(tmp_path):
+    exit_file = tmp_path / "exit-code"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "vidpar", "generate", *TINY, *STEPS, "--out", "never.npy"], cwd=tmp_path,
+                            env=cli_env(VIDPAR_DEBUG_SLOW="0.4", VIDPAR_EXIT_FILE=str(exit_file)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = ""
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:  # wait until the denoising loop runs
+            out += line
+            if "prompt 0:" in line or time.monotonic() > deadline:
+                break
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out += proc.communicate(timeout=90)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode != 0 and "stopped by SIGTERM after step" in out, out
+    assert "nothing was saved (no --checkpoint-dir); a rerun starts over (exit 4)" in out, out
+    assert exit_file.read_text().strip() == "4", out  # rank 0's own code (torchrun itself only reports a signal)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exit-code"]
 
 
 def test_sigusr1_stops_saves_and_the_same_command_resumes_identically(tmp_path, reference):
@@ -126,9 +178,12 @@ def test_sigusr1_stops_saves_and_the_same_command_resumes_identically(tmp_path, 
             proc.kill()
             proc.wait(timeout=10)
     assert proc.returncode != 0 and "stopped by SIGUSR1 after step" in out, out
+    assert "Run the same command to resume (exit 3)" in out, out  # stopped with a snapshot
     step = int(out.split("stopped by SIGUSR1 after step ")[1].split(";")[0])
     assert 1 <= step < 6 and (ckpt / "denoise_state.pt").is_file() and not (tmp_path / "resumed.npy").exists()
+    assert not (ckpt / "vidpar.lock").exists(), "the stopped run released the folder"
     res = run_vidpar(args, tmp_path, nproc=2, timeout=120)  # the same command, no signal: resumes and finishes
     assert res.returncode == 0, res.stdout
+    assert f"resuming from step {step}" in res.stdout, res.stdout
     assert np.array_equal(np.load(tmp_path / "resumed.npy"), reference)
     assert not (ckpt / "denoise_state.pt").exists(), "the snapshot is removed after success"

@@ -1,4 +1,6 @@
-"""The Slurm templates submitted for real to a single-machine Slurm (2 fake nodes with 2 fake GPUs each).
+"""The Slurm templates submitted for real to a single-machine Slurm (2 fake nodes with 2 fake GPUs each): a
+2-node job, preemption with a snapshot requeued and resumed (srun without torchrun, and torchrun, which hides the
+ranks' exit code 3), and a stop without a snapshot that exits 4 and is not requeued.
 
 The cluster is started by ``tests/slurm/local-slurm.sh`` when Slurm is installed (``.ci/install-slurm.sh``) and
 none is running; it is left running for later sessions. Fake node names do not resolve, so jobs get
@@ -134,6 +136,47 @@ def test_single_node_template_srun_preempted_requeued_and_resumed(slurm, tmp_pat
                                on_start=preempt, VIDPAR_DEBUG_SLOW="0.4")
     assert (state, code) == ("COMPLETED", "0:0"), log
     assert "slurm: rank 0 of 2" in log and "stopped by SIGUSR1 after step" in log, log
-    assert "requeueing job" in log and "(restart 1)" in log, log
+    assert "requeueing job" in log and "(restart 1)" in log and "resuming from step" in log, log
     assert np.array_equal(np.load(tmp_path / "fox.npy"), reference), log
     assert not (ckpt / "denoise_state.pt").exists()
+
+
+def test_multi_node_template_requeues_on_the_ranks_exit_3_through_torchrun(slurm, tmp_path, reference):
+    """torchrun reports its ranks' exit 3 as 1: the template reads rank 0's own code from VIDPAR_EXIT_FILE, so a
+    preempted run with a snapshot is requeued and resumes to the frames of an uninterrupted run."""
+    ckpt = tmp_path / "ckpt"
+    args = ["--steps", "3", "--dtype", "float64", "--out", "fox.npy", "--ring", "2", "--timeout", "120",
+            "--checkpoint-dir", str(ckpt), *TINY]
+
+    def preempt(job: str) -> None:
+        deadline = time.monotonic() + 120
+        while not (ckpt / "denoise_state.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], timeout=20, check=True)
+
+    state, code, log = _sbatch("multi-node.sbatch", [f"--nodes={NODES}", "--gpus-per-node=1", "--ntasks-per-node=1"],
+                               args, tmp_path, on_start=preempt, VIDPAR_DEBUG_SLOW="0.4")
+    assert (state, code) == ("COMPLETED", "0:0"), log
+    assert "stopped by SIGUSR1 after step" in log and "(exit 3)" in log, log  # torchrun itself exits 1
+    assert "requeueing job" in log and "(restart 1)" in log and "resuming from step" in log, log
+    assert np.array_equal(np.load(tmp_path / "fox.npy"), reference), log
+    assert not list(tmp_path.glob(".vidpar-exit.*")), "the exit file is consumed"
+
+
+def test_a_stop_without_checkpoint_dir_exits_4_and_is_not_requeued(slurm, tmp_path):
+    log_file = tmp_path / "job.out"
+
+    def preempt(job: str) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "prompt 0:" not in (log_file.read_text() if log_file.exists() else ""):
+            time.sleep(0.2)
+        time.sleep(0.5)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], timeout=20, check=True)
+
+    args = ["--steps", "6", "--out", "fox.npy", "--timeout", "120", *TINY]
+    state, code, log = _sbatch("single-node.sbatch", ["--nodes=1", f"--gpus-per-node={GPUS}",
+                                                      f"--ntasks-per-node={GPUS}"], args, tmp_path,
+                               on_start=preempt, VIDPAR_DEBUG_SLOW="0.4")
+    assert (state, code) == ("FAILED", "4:0"), log
+    assert "nothing was saved (no --checkpoint-dir)" in log and "not requeueing" in log, log
+    assert "requeueing job" not in log and "(restart 1)" not in log and not (tmp_path / "fox.npy").exists(), log

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import tempfile
@@ -19,33 +20,39 @@ from pathlib import Path
 import torch
 
 SNAPSHOT = "denoise_state.pt"
-REQUEUE_EXIT_CODE = 3  # distinct from errors (1) so launch scripts can requeue
+REQUEUE_EXIT_CODE = 3  # stopped, and a snapshot exists: rerun (requeue) to resume; distinct from errors (1)
+STOPPED_UNSAVED_EXIT_CODE = 4  # stopped, nothing saved (no checkpoint dir): a rerun starts over, so no requeue
 
 
 class GenerationInterrupted(Exception):
-    """Raised on every rank when a stop was requested; the snapshot at ``step`` has been written."""
+    """Raised on every rank when a stop was requested: after step ``step``, with the snapshot written to ``path``
+    (None: the run had no checkpoint dir, nothing was saved)."""
 
     def __init__(self, step: int, path: Path | None) -> None:
-        super().__init__(f"generation stopped after step {step}; state saved to {path}")
+        saved = f"state saved to {path}" if path is not None else "nothing was saved (no checkpoint dir)"
+        super().__init__(f"generation stopped after step {step}; {saved}")
         self.step = step
         self.path = path
 
 
 class StopRequest:
-    """A flag set from signal handlers (SIGTERM, SIGUSR1 by default); the loop checks it once per step."""
+    """A flag set from signal handlers (SIGTERM, SIGUSR1 and SIGINT/Ctrl-C by default); the loop checks it once per
+    step, so every rank stops after the same step (a terminal's Ctrl-C reaches every rank, torchrun forwards the
+    others: one stop however many signals arrive)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self.signal_name: str | None = None
 
     def request(self, name: str = "manual") -> None:
-        self.signal_name = name
+        if not self._event.is_set():
+            self.signal_name = name  # the first signal is the reason
         self._event.set()
 
     def is_set(self) -> bool:
         return self._event.is_set()
 
-    def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)) -> "StopRequest":
+    def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)) -> "StopRequest":
         """Route ``signals`` to this request (main thread only). Returns self."""
         for sig in signals:
             signal.signal(sig, lambda signum, _frame: self.request(signal.Signals(signum).name))
@@ -97,12 +104,18 @@ class DenoiseCheckpoint:
         """The snapshot for this request, or None if there is none. A snapshot of another request is an error."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("request_key") != self.request_key:
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - name the file
+            raise ValueError(f"{self.path}: the snapshot cannot be read ({type(e).__name__}: {e}); delete it to "
+                             "start over") from None
+        if not isinstance(state, dict) or state.get("request_key") != self.request_key:
+            request = state.get("request") if isinstance(state, dict) else None
             raise ValueError(
-                f"{self.path} holds the state of a different generation ({state.get('request')}); "
+                f"{self.path} holds the state of a different generation ({request}); "
                 f"use another --checkpoint-dir or delete it"
             )
+        logging.getLogger("vidpar").info("resuming from step %d (snapshot %s)", int(state["step"]), self.path)
         return state
 
     def clear(self) -> None:

@@ -20,12 +20,16 @@ from typing import Any, Sequence
 import torch
 
 from vidpar.checkpoint import DenoiseCheckpoint, GenerationInterrupted, StopRequest
+from vidpar.checkpoint_lock import hold_checkpoint_dir
 from vidpar.models.family import LoadedModel, ModelCard, StepInfo, TensorSpec
 from vidpar.models.registry import check_source
+from vidpar.outputs import request_fields
 from vidpar.parallel import ParallelConfig, ParallelContext, init_parallel
 from vidpar.parallel.fsdp import shard_weights
 from vidpar.parallelize import parallelize
+from vidpar.preflight import check_attention_backend, check_fits
 from vidpar.schedulers import make_scheduler
+from vidpar.step_guard import non_finite_error, step_flags
 from vidpar.video import Video, to_uint8_frames
 
 MAX_SEED = 2**64 - 1
@@ -83,6 +87,8 @@ def check_request_values(req: GenerationRequest) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if name.startswith("guidance") and value < 0:
+            raise ValueError(f"{name} must be >= 0 (1 or less: no guidance), got {value}")
     if req.flow_shift <= 0:
         raise ValueError(f"flow_shift must be > 0, got {req.flow_shift}")
 
@@ -157,7 +163,8 @@ class Pipeline:
 
         Args:
             parallel: a ``ParallelConfig``; ``"auto"`` lets the planner choose for this world size (for videos of
-                ``plan_for`` = (height, width, frames), default the model's own size); None: Ulysses over every rank.
+                ``plan_for`` = (height, width, frames), default the model's own size); None: Ulysses over every rank;
+                or a ``ParallelContext`` already set up (``init_parallel``).
             dtype: weights/compute dtype; default bf16 on CUDA, fp32 on CPU.
             vae_mode: parallel VAE decode layout (``"auto"``, ``"patch"``, ``"pipeline"``, ``"combined"``).
             timeout: for every collective (a dead rank then fails the others instead of hanging them).
@@ -172,9 +179,15 @@ class Pipeline:
 
             loras = [LoraSpec.coerce(x) for x in loras]  # every rank, before any collective
         family, source = check_source(path_or_name)  # every rank, before any collective or weight
-        ctx = init_parallel(_resolve_parallel(parallel, family, source, plan_for), backend=backend, timeout=timeout)
+        card = family.card(source)  # configs typed and weight files checked (headers only), before any collective
+        if isinstance(parallel, ParallelContext):
+            ctx = parallel
+        else:
+            ctx = init_parallel(_resolve_parallel(parallel, family, source, plan_for), backend=backend,
+                                timeout=timeout)
         if dtype is None:
             dtype = torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
+        check_attention_backend(attention_backend, ctx, dtype, card)  # identical on every rank: no agreement needed
         holds_text_encoder = fsdp or ctx.rank == 0  # without FSDP rank 0 alone encodes and broadcasts
         comps = ctx_agree(ctx, lambda: family.load(
             source, dtype=dtype, device=ctx.device, attention_backend=attention_backend,
@@ -320,9 +333,11 @@ class Pipeline:
             latents = sched.step(flow, t, latents)
             if bar is not None:
                 bar.update(1)
-            stopping = stop is not None and self._any_rank(stop.is_set())
-            if checkpoint is not None and (stopping or (i + 1) % checkpoint.every == 0) and self.ctx.rank == 0:
-                checkpoint.save(i + 1, latents, sched.state_dict())
+            stopping, broken = step_flags(self.ctx, latents, stop)  # one small all-reduce, agreed everywhere
+            if broken:
+                raise non_finite_error(i + 1, req.num_steps, scale, req.flow_shift)
+            if checkpoint is not None and (stopping or (i + 1) % checkpoint.every == 0):
+                ctx_agree(self.ctx, lambda: checkpoint.save(i + 1, latents, sched.state_dict()), only_rank0=True)
             if stopping:
                 if bar is not None:
                     bar.close()
@@ -365,10 +380,6 @@ class Pipeline:
             raise
         return handles
 
-    def _any_rank(self, flag: bool) -> bool:
-        t = torch.tensor([1.0 if flag else 0.0], device=self.ctx.device)
-        return self.ctx.comm.all_reduce(t, "world").item() > 0
-
     def decode(self, latents: torch.Tensor, output: str = "rank0") -> Video:
         """De-normalise and decode over every rank; frames on rank 0 (``"rank0"``) or on every rank (``"all"``)."""
         vae = self.comps.vae
@@ -405,6 +416,7 @@ class Pipeline:
         progress: bool = False,
         image: Any = None,
         sparse_attention: Any = None,
+        memory_check: bool = True,
     ) -> Video:
         """Generate one clip. Same arguments on every rank; returns a ``Video`` (frames on rank 0 by default).
 
@@ -416,8 +428,13 @@ class Pipeline:
         ``height`` x ``width``) or a float tensor ``[3, height, width]`` in [0, 1].
 
         ``checkpoint_dir``: snapshot latents + scheduler state every ``checkpoint_every`` steps and resume from an
-        existing snapshot of the same request; ``stop`` (see ``StopRequest``) ends the run after the current step
-        with ``GenerationInterrupted`` once any rank's flag is set.
+        existing snapshot of the same request; the folder is locked for the call (another run using it is
+        refused). ``stop`` (see ``StopRequest``) ends the run after the current step with
+        ``GenerationInterrupted`` once any rank's flag is set. Latents that become NaN/Inf end the run with
+        ``vidpar.step_guard.NonFiniteLatents`` naming the step.
+
+        ``memory_check``: refuse (``ValueError`` on every rank) a request the planner's memory model predicts not
+        to fit this mesh and device, naming the predicted peak and the largest size that fits.
 
         ``sparse_attention``: structured sparse self-attention for this generation (``vidpar.parallel.sparse.
         SparseAttention`` or its CLI spec, e.g. ``"window"``, ``"radial:decay_factor=0.2"``, ``"svg"``), exact to its
@@ -431,30 +448,38 @@ class Pipeline:
         ))
         shape = self.validate(req, image)
         sparse = _sparse_config(sparse_attention)
+        if memory_check:
+            check_fits(self.card, req, self.ctx, self.dtype, self.vae_mode, self.fsdp)
+        image_key = self.comps.image_digest(image, req.height, req.width) if image is not None else None
+        record = {"request": request_fields(self.card.name, req, self.dtype), "mesh": asdict(self.ctx.config)}
+        extras = {}  # what else makes this video: part of the snapshot key and of the output record
+        if sparse is not None:
+            extras["sparse_attention"] = sparse.describe()
+        if self._loras is not None and self._loras.specs:  # a resume with other LoRAs must not mix two runs
+            extras["loras"] = self._loras.digest
+        if image_key is not None:  # a snapshot must not be resumed with another image
+            extras["image"] = image_key
+        record["request"].update(extras)
         ckpt = None
         if checkpoint_dir is not None:
-            key = {**asdict(req), "model": self.card.name}
-            if sparse is not None:
-                key["sparse_attention"] = sparse.describe()
-            if self._loras is not None and self._loras.specs:  # a resume with other LoRAs must not mix two runs
-                key["loras"] = self._loras.digest
-            if image is not None:  # a snapshot must not be resumed with another image
-                key["image"] = self.comps.image_digest(image, req.height, req.width)
+            key = {**asdict(req), "model": self.card.name, **extras}
             ckpt = DenoiseCheckpoint(Path(checkpoint_dir), checkpoint_every, key)
-        text = self.encode_text(req)
-        cond = self.encode_image(image, req, shape) if image is not None else None
-        latents = initial_noise(shape, req.seed, self.ctx.device, self.latent_dtype)
-        handles = self._enable_sparse(sparse)
-        try:
-            latents = self.denoise(latents, text, req, ckpt, stop, progress, cond, sparse=handles)
-        finally:
-            for h in handles:
-                h.remove()
-        video = self.decode(latents, output)
-        if ckpt is not None:
-            ckpt_done_barrier(self.ctx)
-            if self.ctx.rank == 0:
-                ckpt.clear()
+        with hold_checkpoint_dir(self.ctx, checkpoint_dir):  # no other run may use the snapshot folder meanwhile
+            text = self.encode_text(req)
+            cond = self.encode_image(image, req, shape) if image is not None else None
+            latents = initial_noise(shape, req.seed, self.ctx.device, self.latent_dtype)
+            handles = self._enable_sparse(sparse)
+            try:
+                latents = self.denoise(latents, text, req, ckpt, stop, progress, cond, sparse=handles)
+            finally:
+                for h in handles:
+                    h.remove()
+            video = self.decode(latents, output)
+            if ckpt is not None:
+                ckpt_done_barrier(self.ctx)
+                if self.ctx.rank == 0:
+                    ckpt.clear()
+        video.record = record
         return video
 
 

@@ -1,15 +1,20 @@
-"""A generated clip: uint8 frames and atomic saving to mp4, lossless npy, or a folder of PNGs."""
+"""A generated clip: uint8 frames and atomic saving to mp4, lossless npy, or a folder of PNGs (with a record of what
+made it; see ``vidpar.outputs`` for which paths may be written)."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from vidpar.outputs import (
+    OutputRecord, check_output_target, frame_files, output_kind, write_file_output, write_folder_output,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".npy", "")  # "" = a folder of PNGs
 
@@ -22,72 +27,59 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     return x.round().to(torch.uint8).permute(1, 2, 3, 0).contiguous().cpu().numpy()
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Validate an output path before any work: known suffix and a writable parent folder."""
-    path = Path(path)
-    if path.suffix not in VIDEO_SUFFIXES:
-        raise ValueError(f"output {path}: use .mp4, .npy, or a folder name without suffix (PNG frames)")
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise ValueError(f"output {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"output {path}: folder {parent} is not writable")
-    return path
+def check_output_path(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Validate an output path before any work (see ``vidpar.outputs.check_output_target``): a known suffix or a
+    new folder, a writable parent, and an existing output only with ``overwrite`` and only if vidpar wrote it."""
+    return check_output_target(path, overwrite=overwrite)
 
 
 @dataclass
 class Video:
-    """Frames of one clip. ``frames`` is uint8 ``[T, H, W, 3]``, or None on ranks that did not receive it."""
+    """Frames of one clip. ``frames`` is uint8 ``[T, H, W, 3]``, or None on ranks that did not receive it.
+
+    ``record``: what made it (``Pipeline.generate`` fills it: model, request, mesh, dtype), written beside the
+    output by ``save``.
+    """
 
     frames: np.ndarray | None
     fps: int = 16
+    record: dict[str, Any] = field(default_factory=dict)
 
-    def save(self, path: str | os.PathLike, fps: int | None = None) -> Path:
-        """Write ``.mp4`` (H.264 via PyAV or imageio-ffmpeg), ``.npy`` (raw uint8) or a folder of PNGs.
+    def save(self, path: str | os.PathLike, fps: int | None = None, *, overwrite: bool = False) -> Path:
+        """Write ``.mp4`` (H.264 via PyAV or imageio-ffmpeg), ``.npy`` (raw uint8) or a folder of PNGs, with a
+        record of what made it (``x.mp4.vidpar.json`` beside a file, ``vidpar.json`` inside a folder).
 
-        The file appears atomically: it is written to a temporary name beside the target and renamed.
+        A file appears atomically (written to a temporary name beside the target and renamed); a new folder is
+        built under a temporary name and renamed. An existing output is refused unless ``overwrite``, and even
+        then only what vidpar wrote is replaced (see ``vidpar.outputs``); nothing else is ever deleted.
         """
         if self.frames is None:
             raise ValueError("this rank holds no frames (only rank 0 receives the video by default)")
-        path = check_output_path(path)
         fps = fps or self.fps
-        parent = path.resolve().parent
-        if path.suffix == "":
-            tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.tmp"))
-            try:
-                _write_pngs(self.frames, tmp)
-                if path.exists():
-                    shutil.rmtree(path)
-                os.replace(tmp, path)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            return path
-        fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=path.suffix)
-        os.close(fd)
-        try:
-            if path.suffix == ".npy":
-                np.save(tmp_name, self.frames)
-            else:
-                _write_mp4(self.frames, tmp_name, fps)
-            os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a video is meant to be shared
-            os.replace(tmp_name, path)
-        finally:
-            if os.path.exists(tmp_name):
-                os.remove(tmp_name)
-        return path
+        t, h, w = self.frames.shape[:3]
+        request = {**self.record.get("request", {}), "fps": fps}
+        info = {**{k: v for k, v in self.record.items() if k != "request"}, "video": {"frames": t, "height": h,
+                                                                                      "width": w}}
+        record = OutputRecord(request, info)
+        if output_kind(path) == "folder":
+            writers = [partial(_write_png, frame) for frame in self.frames]
+            return write_folder_output(Path(path), writers, record, overwrite=overwrite)
+        if Path(path).suffix == ".npy":
+            return write_file_output(Path(path), lambda tmp: np.save(tmp, self.frames), record, overwrite=overwrite)
+        return write_file_output(Path(path), lambda tmp: _write_mp4(self.frames, tmp, fps), record,
+                                 overwrite=overwrite)
 
 
-def _write_pngs(frames: np.ndarray, folder: Path) -> None:
+def _write_png(frame: np.ndarray, filename: str) -> None:
     import av  # PyAV encodes PNG too, so no extra imaging dependency is needed
 
-    for i, frame in enumerate(frames):
-        with av.open(str(folder / f"{i:05d}.png"), mode="w", format="image2") as out:
-            stream = out.add_stream("png")
-            stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], "rgb24"
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-            for packet in stream.encode():
-                out.mux(packet)
+    with av.open(filename, mode="w", format="image2") as out:
+        stream = out.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], "rgb24"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
 
 
 def _write_mp4(frames: np.ndarray, filename: str, fps: int) -> None:
@@ -123,7 +115,7 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
         return np.load(path)
     import av
 
-    files = sorted(path.glob("*.png")) if path.is_dir() else [path]
+    files = frame_files(path) if path.is_dir() else [path]
     frames = []
     for f in files:
         with av.open(str(f)) as src:

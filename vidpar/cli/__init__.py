@@ -1,8 +1,10 @@
 """The ``vidpar`` command (``python -m vidpar``): ``generate``, ``check``, ``info`` and ``plan``.
 
 Run ``generate`` and ``check`` under ``torchrun`` or Slurm's ``srun`` (one process per GPU); ``info`` and
-``plan`` need no launcher. Exit codes: 0 ok, 1 failed (a rank raised or died; the message names it), 2 bad
-input (found before any weight is loaded), 3 stopped by SIGTERM/SIGUSR1 with the state saved (requeue and rerun).
+``plan`` need no launcher. Exit codes: 0 ok, 1 failed (a rank raised, died or stopped answering; every rank's
+message names the rank), 2 bad input (found before any weight is loaded), 3 stopped by SIGTERM/SIGUSR1 with a
+snapshot in --checkpoint-dir (rerun the same command to resume; the Slurm templates requeue), 4 stopped by a
+signal with nothing saved (no --checkpoint-dir).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ def build_parser() -> argparse.ArgumentParser:
     from vidpar.plan_cli import add_plan_arguments
 
     from .check import add_check_arguments
+    from .common import OneLineParser
     from .generate import add_generate_arguments
     from .info import add_info_arguments
 
-    parser = argparse.ArgumentParser(prog="vidpar", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,check,info,plan}")
+    parser = OneLineParser(prog="vidpar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,check,info,plan}",
+                                parser_class=OneLineParser)
     add_generate_arguments(sub.add_parser("generate", help="generate videos from prompts"))
     add_check_arguments(sub.add_parser("check", help="parity of the parallel DiT against one rank"))
     add_info_arguments(sub.add_parser("info", help="versions, devices, attention backends, launcher"))

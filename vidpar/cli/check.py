@@ -23,6 +23,7 @@ from .common import (
     DTYPES, EXIT_FAILED, EXIT_OK, UsageError, add_model_arguments, check_model, finish_distributed,
     parallel_config, report_failure, setup_logging, timeout_of, usage_error,
 )
+from .jobs import check_attention_backend
 
 TOLERANCES = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2, torch.float64: 1e-12}
 
@@ -62,6 +63,7 @@ def run_check(args: argparse.Namespace) -> int:
         shape = card.geometry.latent_shape(args.height, args.width, args.frames)
         config = parallel_config(args, launch.world_size, source, (args.height, args.width, args.frames))
         timeout = timeout_of(args)
+        check_attention_backend(args, card, config, launch.world_size)
     except (UsageError, ValueError) as e:
         return usage_error(rank, "vidpar check", e, args.verbose)
     try:

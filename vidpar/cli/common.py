@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 import traceback
 from datetime import timedelta
@@ -16,7 +18,18 @@ from vidpar.parallel import ParallelConfig
 DTYPES = {"auto": None, "float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 VAE_MODES = ("auto", "patch", "pipeline", "combined")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # 3 (requeue) is vidpar.checkpoint.REQUEUE_EXIT_CODE
+# 3: stopped by a signal with a snapshot to resume from (requeue); 4: stopped by a signal, nothing saved
+# (vidpar.checkpoint.REQUEUE_EXIT_CODE / STOPPED_UNSAVED_EXIT_CODE).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_FILE_ENV = "VIDPAR_EXIT_FILE"  # rank 0 writes its exit code there (launch scripts read it; torchrun hides it)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``vidpar generate: error: ...``, exit 2) on every rank, not a usage
+    block: under torchrun every rank prints it, and the reason must not drown."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class UsageError(ValueError):
@@ -52,6 +65,9 @@ def parallel_config(args: argparse.Namespace, world_size: int, source, video: tu
     default to 1, ulysses to whatever the world size leaves.
     """
     given = {k: getattr(args, k) for k in ("ulysses", "ring", "cfg") if getattr(args, k) is not None}
+    for name, value in given.items():
+        if value < 1:
+            raise UsageError(f"--{name} must be >= 1, got {value}")
     if args.parallel == "auto":
         if given:
             raise UsageError(f"--parallel auto chooses the degrees itself; drop {', '.join('--' + k for k in given)}")
@@ -102,23 +118,43 @@ def setup_logging(rank: int, verbose: bool) -> logging.Logger:
 
 
 def timeout_of(args: argparse.Namespace) -> timedelta:
-    if not args.timeout > 0:
-        raise UsageError(f"--timeout must be positive, got {args.timeout}")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     return timedelta(seconds=args.timeout)
 
 
-def report_failure(rank: int, error: BaseException, verbose: bool) -> None:
-    """Name this rank and the error on stderr (every rank: the failing one is what the user needs to see)."""
+def report_failure(rank: int, error: BaseException, verbose: bool, ctx=None) -> None:
+    """Name this rank and the error on stderr (every rank: the failing one is what the user needs to see), and tell
+    the peers through the heartbeat channel (``ctx.monitor``), so that their own errors can name this rank."""
     if verbose:
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-    print(f"vidpar: rank {rank} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    line = f"{type(error).__name__}: {error}"
+    print(f"vidpar: rank {rank} failed: {line}", file=sys.stderr, flush=True)
+    monitor = getattr(ctx, "monitor", None)
+    if monitor is not None:
+        monitor.report_failed(line)
 
 
 def usage_error(rank: int, prog: str, error: Exception, verbose: bool) -> int:
-    """Bad input is identical on every rank: rank 0 says it (all ranks with ``--verbose``); exit code 2."""
-    if rank == 0 or verbose:
-        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+    """Bad input: every rank says it (the same line; under torchrun the first rank to exit may get the others
+    killed before they print); exit code 2."""
+    print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
     return EXIT_USAGE
+
+
+def record_exit(rank: int, code: int) -> int:
+    """Rank 0 writes ``code`` to ``$VIDPAR_EXIT_FILE`` (if set): torchrun reports every non-zero rank exit as 1, so
+    the Slurm templates read the real code (3: requeue) there. Returns ``code``."""
+    path = os.environ.get(EXIT_FILE_ENV)
+    if path and rank == 0:
+        try:
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="ascii") as fh:
+                fh.write(f"{code}\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            print(f"vidpar: could not write the exit code to {path}: {e}", file=sys.stderr, flush=True)
+    return code
 
 
 def finish_distributed(barrier: bool = True) -> None:

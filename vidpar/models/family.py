@@ -153,6 +153,16 @@ class TensorSpec:
 TextStates = dict  # name -> tensor, one prompt's encoded states (batch dimension 1), shapes from ``text_spec``
 
 
+class PromptError(ValueError):
+    """A prompt the model cannot use: ``index`` is its position in the list checked, ``reason`` says why (without
+    naming the prompt, so a caller can name it its own way: a file's line, "negative prompt")."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"prompt {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class StepInfo:
     """Where the denoising loop is, identical on every rank (``t`` is the scheduler's timestep value)."""
@@ -309,6 +319,13 @@ class ModelFamily(ABC):
     def card(self, source: str | Path) -> ModelCard:
         """The ``ModelCard`` of a checked source (configs only, no weights)."""
 
+    def check_prompts(self, source: str | Path, prompts: Sequence[str]) -> None:
+        """Check prompts against a checked source's tokenizer alone (no weights, cheap, identical on every rank),
+        so a batch is refused before anything loads. Raise ``PromptError`` for the first unusable prompt.
+
+        The default checks nothing here; the loaded model's ``LoadedModel.check_prompts`` still runs before the
+        first collective of each generation."""
+
     @abstractmethod
     def load(self, source: str | Path, *, dtype: torch.dtype, device: torch.device | str,
              attention_backend: str = "auto", load_text_encoder: bool = True,
@@ -365,5 +382,5 @@ class CardFile:
 
 __all__ = [
     "CardFile", "GUIDANCE_KINDS", "IMAGE_KINDS", "LatentGeometry", "LoadedModel", "ModelCard", "ModelDefaults",
-    "ModelFamily", "SamplerSpec", "StepInfo", "TensorSpec", "TextStates",
+    "ModelFamily", "PromptError", "SamplerSpec", "StepInfo", "TensorSpec", "TextStates",
 ]

@@ -7,11 +7,15 @@ check a checkpoint's keys against its model before reading any tensor data.
 from __future__ import annotations
 
 import json
+import math
+import os
+import struct
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
@@ -64,37 +68,130 @@ def find_weight_files(folder: Path, explicit: Path | None = None) -> list[Path]:
     raise FileNotFoundError(f"no .safetensors weights in {folder}")
 
 
-def _unreadable(file: Path, error: Exception) -> ValueError:
-    return ValueError(f"{file}: not a readable safetensors file (truncated or corrupt? {error})")
+def check_safetensors(file: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Key -> (shape, dtype name) from a safetensors file's header, after checking that the file is complete
+    (the header parses and the data section is exactly as long as the header says). Reads the header only.
+
+    Raises ``ValueError`` naming the file: truncated (a partial download or copy), corrupt header, or not a
+    safetensors file at all.
+    """
+    file = Path(file)
+    try:
+        size = os.path.getsize(file)
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes: too short for a safetensors header")
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                raise ValueError(f"truncated: the header says {length} header bytes, the file has {size - 8}")
+            header = json.loads(fh.read(length))
+    except OSError as e:
+        raise ValueError(f"{file}: cannot read ({e.strerror or e})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: not a complete safetensors file ({e}); re-download or re-convert it") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{file}: not a safetensors file (its header is not a JSON object)")
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            shape, dtype, (begin, stop) = tuple(entry["shape"]), entry["dtype"], entry["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"{file}: corrupt safetensors header (entry {key!r})") from None
+        out[key] = (shape, dtype)
+        end = max(end, stop)
+    data = size - 8 - length
+    if data != end:
+        what = "truncated" if data < end else "has trailing bytes"
+        raise ValueError(f"{file}: {what}: the header describes {end} data bytes, the file holds {data}; "
+                         "re-download or re-convert it")
+    return out
+
+
+def safetensors_params(files: list[Path]) -> int:
+    """Parameter count of the tensors in ``files`` (headers only, each file checked for completeness)."""
+    return sum(math.prod(shape) for f in files for shape, _ in check_safetensors(f).values())
+
+
+def check_torch_file(file: Path) -> None:
+    """Refuse a truncated torch checkpoint (a zip archive whose directory cannot be read), naming the file.
+    Reads the zip directory only; files in the legacy (non-zip) format are left to ``load_torch_file``."""
+    file = Path(file)
+    try:
+        with open(file, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise ValueError(f"{file}: cannot read ({e.strerror or e})") from None
+    if magic != b"PK\x03\x04":
+        return
+    try:
+        with zipfile.ZipFile(file) as archive:
+            archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{file}: not a complete torch checkpoint (its zip directory is unreadable: {e}); "
+                         "re-download it") from None
+
+
+def load_torch_file(file: Path, **options: Any) -> Any:
+    """``torch.load(file, weights_only=True, ...)`` with errors naming the file (never unpickles code)."""
+    check_torch_file(file)
+    try:
+        return torch.load(str(file), map_location="cpu", weights_only=True, **options)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"{file}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: {e})") \
+            from None
+
+
+def load_safetensors_file(file: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of one safetensors file (checked for completeness first); errors name the file."""
+    check_safetensors(file)
+    return read_tensors({Path(file): None})
+
+
+def _opened(file: Path):
+    try:
+        return safe_open(str(file), framework="pt")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type; name the file
+        raise ValueError(f"{file}: not a complete safetensors file ({e}); re-download or re-convert it") from None
 
 
 def read_headers(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...], torch.dtype | None]]:
-    """Every key of ``files`` -> (file, shape, dtype), from the headers only; a key in two files is an error.
-    A truncated or corrupt file is a ``ValueError`` naming it."""
+    """Every key of ``files`` -> (file, shape, dtype), from the headers only (each file checked for completeness
+    first: a truncated one is named); a key in two files is an error."""
     found: dict[str, tuple[Path, tuple[int, ...], torch.dtype | None]] = {}
     for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as fh:
-                entries = [(key, fh.get_slice(key)) for key in fh.keys()]
-                for key, sl in entries:
-                    if key in found:
-                        raise ValueError(f"key {key!r} is in both {found[key][0].name} and {file.name}")
-                    found[key] = (file, tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype()))
-        except (OSError, RuntimeError, SafetensorError) as e:
-            raise _unreadable(file, e) from None
+        check_safetensors(file)
+        with _opened(file) as fh:
+            for key in fh.keys():
+                if key in found:
+                    raise ValueError(f"key {key!r} is in both {found[key][0].name} and {file.name}")
+                sl = fh.get_slice(key)
+                found[key] = (file, tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype()))
     return found
 
 
-def read_tensors(keys_by_file: dict[Path, list[str]]) -> dict[str, torch.Tensor]:
-    """The tensors of the given keys, each file opened once (a file whose data is cut short is named)."""
+def iter_tensors(file: Path, keys: list[str] | None = None):
+    """``(key, tensor)`` of ``keys`` (None: every key) of one safetensors file, one tensor at a time (so a loader
+    can convert or move each before the next is read). A read that fails (a file cut short after its header was
+    checked, an I/O error) names the file and the key."""
+    with _opened(file) as fh:
+        for key in (list(fh.keys()) if keys is None else keys):
+            try:
+                tensor = fh.get_tensor(key)
+            except Exception as e:  # noqa: BLE001 - name the file
+                raise ValueError(f"{file}: reading tensor {key!r} failed ({e}); the file may be truncated or "
+                                 "corrupt") from None
+            yield key, tensor
+
+
+def read_tensors(keys_by_file: dict[Path, list[str] | None]) -> dict[str, torch.Tensor]:
+    """The tensors of the given keys (None: every key), each file opened once (see ``iter_tensors``)."""
     out: dict[str, torch.Tensor] = {}
     for file, keys in keys_by_file.items():
-        try:
-            with safe_open(str(file), framework="pt") as fh:
-                for key in keys:
-                    out[key] = fh.get_tensor(key)
-        except (OSError, RuntimeError, SafetensorError) as e:
-            raise _unreadable(file, e) from None
+        out.update(iter_tensors(file, keys))
     return out
 
 

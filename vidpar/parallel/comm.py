@@ -17,9 +17,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+
+from .heartbeat import PeerFailure
 
 
 @dataclass
@@ -39,13 +42,22 @@ class AxisGroup:
 class PendingExchange:
     """In-flight point-to-point transfers; ``wait()`` returns the received tensors (in request order)."""
 
-    def __init__(self, works: list, received: list[torch.Tensor]) -> None:
+    def __init__(self, works: list, received: list[torch.Tensor], comm: "Comm | None" = None,
+                 axis: str = "") -> None:
         self._works = works
         self._received = received
+        self._comm = comm
+        self._axis = axis
 
     def wait(self) -> list[torch.Tensor]:
-        for work in self._works:
-            work.wait()
+        def wait_all():
+            for work in self._works:
+                work.wait()
+
+        if self._comm is not None:
+            self._comm._call("exchange wait", self._axis, wait_all)
+        else:
+            wait_all()
         self._works = []
         return self._received
 
@@ -56,6 +68,21 @@ class Comm:
 
     groups: dict[str, AxisGroup]
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    monitor: Any = None  # a ``heartbeat.PeerMonitor``: names the ranks at fault when a collective fails
+
+    def _call(self, op: str, axis: str, fn: Callable[[], Any]) -> Any:
+        """Run one collective; if it raises, re-raise as ``PeerFailure`` naming the ranks that failed or stopped
+        answering (from the heartbeat channel) and the collective and axis."""
+        mon = self.monitor
+        if mon is None:
+            return fn()
+        mon.enter(op, axis)
+        try:
+            return fn()
+        except RuntimeError as e:  # gloo/NCCL transport errors and timeouts: say whose fault it was
+            raise PeerFailure(mon.explain(e, op, axis)) from e
+        finally:
+            mon.leave()
 
     def group(self, axis: str) -> AxisGroup:
         if axis not in self.groups:
@@ -80,7 +107,8 @@ class Comm:
         if g.size == 1:
             return send
         recv = send.new_empty(sum(recv_splits))
-        dist.all_to_all_single(recv, send, recv_splits, send_splits, group=g.group)
+        self._call("all_to_all", axis, lambda: dist.all_to_all_single(recv, send, recv_splits, send_splits,
+                                                                      group=g.group))
         elem = send.element_size()
         self._count(axis, elem * (sum(send_splits) - send_splits[g.rank_in_group]))
         return recv
@@ -93,7 +121,7 @@ class Comm:
         flat = x.contiguous().view(-1)
         out = flat.new_empty(g.size * flat.numel())
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # new name in torch 2.13
-        gather(out, flat, group=g.group)
+        self._call("all_gather", axis, lambda: gather(out, flat, group=g.group))
         self._count("control" if control else axis, x.numel() * x.element_size() * (g.size - 1))
         return out.view(g.size, *x.shape)
 
@@ -121,26 +149,28 @@ class Comm:
         ops += [dist.P2POp(dist.irecv, b, g.ranks[p], g.group) for b, p in recvs if b.numel()]
         for t, _ in sends:
             self._count(axis, t.numel() * t.element_size())
-        works = dist.batch_isend_irecv(ops) if ops else []
-        return PendingExchange(works, [b for b, _ in recvs])
+        # Counted as one collective on every rank even when this rank has nothing to send (the sequence numbers
+        # the heartbeat compares must agree).
+        works = self._call("exchange start", axis, lambda: dist.batch_isend_irecv(ops) if ops else [])
+        return PendingExchange(works, [b for b, _ in recvs], self, axis)
 
     def broadcast(self, x: torch.Tensor, src_group_rank: int, axis: str) -> torch.Tensor:
         """Broadcast ``x`` (in place) from group rank ``src_group_rank`` of ``axis``."""
         g = self.group(axis)
         if g.size == 1:
             return x
-        dist.broadcast(x, g.ranks[src_group_rank], group=g.group)
+        self._call("broadcast", axis, lambda: dist.broadcast(x, g.ranks[src_group_rank], group=g.group))
         if g.rank_in_group == src_group_rank:
             self._count(axis, x.numel() * x.element_size() * (g.size - 1))
         return x
 
-    def all_reduce(self, x: torch.Tensor, axis: str) -> torch.Tensor:
-        """Sum ``x`` in place over ``axis``."""
+    def all_reduce(self, x: torch.Tensor, axis: str, control: bool = False) -> torch.Tensor:
+        """Sum ``x`` in place over ``axis`` (``control``: a small bookkeeping message, counted under "control")."""
         g = self.group(axis)
         if g.size == 1:
             return x
-        dist.all_reduce(x, group=g.group)
-        self._count(axis, 2 * x.numel() * x.element_size() * (g.size - 1) // g.size)
+        self._call("all_reduce", axis, lambda: dist.all_reduce(x, group=g.group))
+        self._count("control" if control else axis, 2 * x.numel() * x.element_size() * (g.size - 1) // g.size)
         return x
 
     def snapshot(self) -> dict[str, int]:

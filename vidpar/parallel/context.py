@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from .comm import AxisGroup, Comm
+from .heartbeat import PeerMonitor
 from .config import AXES, ParallelConfig
 from .split import split_offsets, split_sizes
 
@@ -56,6 +57,16 @@ class ParallelContext:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def monitor(self) -> PeerMonitor | None:
+        """The heartbeat channel that names failed peers (None on one process)."""
+        return self.comm.monitor
+
+    def close(self) -> None:
+        """Stop this context's heartbeat thread (the process group itself is left as it is)."""
+        if self.comm.monitor is not None:
+            self.comm.monitor.stop()
 
     # ---- sequence sharding ----
     def shard_sequence(self, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -132,12 +143,16 @@ def init_parallel(
     config: ParallelConfig,
     backend: str | None = None,
     timeout: timedelta | None = None,
+    heartbeat: bool = True,
 ) -> ParallelContext:
     """Set up the ``(cfg, ring, ulysses)`` mesh for ``config``.
 
     Uses the default process group if one is initialized, otherwise initializes it from the torchrun /
     ``RANK``-``WORLD_SIZE`` environment (``backend`` defaults to nccl with CUDA, else gloo). With a world size of 1
     and no process group, torch.distributed is not touched at all.
+
+    ``heartbeat``: start a ``PeerMonitor`` (one store write per rank per second from a side thread), so that a
+    collective failing because a peer died or hangs raises ``PeerFailure`` naming that peer.
 
     Raises:
         ValueError: the degrees do not multiply to the world size (raised on every rank before any collective).
@@ -159,10 +174,10 @@ def init_parallel(
 
     uses_cuda = "nccl" in str(dist.get_backend()) and torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if uses_cuda else torch.device("cpu")
-    return _build_context(config, device)
+    return _build_context(config, device, heartbeat)
 
 
-def _build_context(config: ParallelConfig, device: torch.device) -> ParallelContext:
+def _build_context(config: ParallelConfig, device: torch.device, heartbeat: bool = True) -> ParallelContext:
     from torch.distributed.device_mesh import init_device_mesh
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -189,4 +204,5 @@ def _build_context(config: ParallelConfig, device: torch.device) -> ParallelCont
     axis_groups[WORLD_AXIS] = AxisGroup(WORLD_AXIS, dist.group.WORLD if world > 1 else None, list(range(world)), rank)
 
     groups = {name: g.group for name, g in axis_groups.items()}
-    return ParallelContext(config, rank, world, device, coords, Comm(axis_groups), mesh, groups)
+    monitor = PeerMonitor.start_for_default_group() if heartbeat and world > 1 else None
+    return ParallelContext(config, rank, world, device, coords, Comm(axis_groups, monitor=monitor), mesh, groups)

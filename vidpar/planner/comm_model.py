@@ -137,17 +137,23 @@ def predict_step_comm_bytes(
     batch: int = 1,
     rank: int | None = None,
     flow_dtype_bytes: int = 4,
+    step_flags: bool = False,
 ) -> dict[str, int]:
     """Bytes one rank sends in one denoising step (every forward of the step), per axis.
 
     With guidance and ``cfg == 1`` the conditional and unconditional branches are two forwards of batch ``batch``
     on the same ranks; with ``cfg == 2`` each rank group runs one forward, then one cfg all-gather of the flow.
+    ``step_flags``: add the pipeline's per-step agreement (stop request and finite latents: two fp32 flags
+    all-reduced over every rank, under ``"control"``; negligible, so left out of the planner's own figures).
     """
     forwards = 2 if guidance and parallel_config.cfg == 1 else 1
     per = predict_comm_bytes(model_config, latent_shape, batch, parallel_config, dtype_bytes, rank=rank)
     out = {k: forwards * v for k, v in per.items()}
     if guidance and parallel_config.cfg > 1:
         out["cfg"] = cfg_exchange_bytes(model_config, latent_shape, batch, parallel_config, flow_dtype_bytes)
+    world = parallel_config.world_size
+    if step_flags and world > 1:
+        out["control"] = out.get("control", 0) + 2 * 8 * (world - 1) // world  # ring all-reduce of 2 fp32
     return out
 
 

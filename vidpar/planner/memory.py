@@ -63,6 +63,10 @@ def estimate_memory(
     fsdp: bool,
     vae_mode: str,
     text_encoder_on_gpu: bool = True,
+    *,
+    dtype_bytes: float = BF16,
+    vae_dtype_bytes: float = 4.0,
+    overhead_bytes: float = RUNTIME_OVERHEAD_GB * GB,
 ) -> MemoryEstimate:
     """Peak memory of one rank.
 
@@ -77,22 +81,29 @@ def estimate_memory(
         vae_mode: ``"single"`` (one GPU: no split), ``"patch"`` (row bands over all ranks), ``"pipeline"``
             (decoder stages over ranks) or ``"combined"`` (two stage groups, bands over half the ranks each).
         text_encoder_on_gpu: False when the text encoder runs on the CPU (then it costs no GPU memory).
+        dtype_bytes: bytes per weight and activation element of the DiT and text encoder (2: bf16, the planner's
+            GPU case; 4 for fp32, 8 for float64 runs: the bf16 activation terms scale by ``dtype_bytes / 2``).
+        vae_dtype_bytes: bytes per VAE weight/activation element (4: the VAE runs in fp32).
+        overhead_bytes: fixed runtime overhead (default the CUDA context, workspaces and NCCL buffers; a CPU
+            process has far less).
     """
     cfg = model.config
     params = cfg.params * model.experts
     block_params = params / (cfg.num_layers * model.experts)
-    dit_w = BF16 * (params / world_size + 2 * block_params) if fsdp and world_size > 1 else BF16 * params
-    t5 = BF16 * model.text_encoder_params if text_encoder_on_gpu else 0.0
+    wb = dtype_bytes
+    dit_w = wb * (params / world_size + 2 * block_params) if fsdp and world_size > 1 else wb * params
+    t5 = wb * model.text_encoder_params if text_encoder_on_gpu else 0.0
     if fsdp and world_size > 1:
         t5 /= world_size
-    vae_w = 4.0 * model.vae.params  # the VAE runs in fp32
+    vae_w = vae_dtype_bytes * model.vae.params  # the VAE runs in fp32 (float64 in float64 runs)
 
     local = max(split_sizes(tokens, ulysses * ring))
     per_token = max(ATTN_BYTES_PER_TOKEN_DIM * cfg.dim, FFN_BYTES_PER_TOKEN_DIM * cfg.dim
                     + FFN_BYTES_PER_TOKEN_FFN * cfg.ffn_dim)
-    per_token += cfg.extra_bytes_per_token  # e.g. per-token timesteps (family-specific)
-    # Full-sequence tensors every rank holds: latents, gathered head output and the unpatchified flow (fp32).
-    full = 3 * 4.0 * tokens * cfg.out_channels * cfg.patch_volume
+    per_token = per_token * max(1.0, dtype_bytes / BF16) + cfg.extra_bytes_per_token  # extra: e.g. per-token
+    # timesteps (family-specific). Full-sequence tensors every rank holds: latents, gathered head output and the
+    # unpatchified flow (fp32; float64 in float64 runs).
+    full = 3 * max(4.0, dtype_bytes) * tokens * cfg.out_channels * cfg.patch_volume
     acts = ALLOCATOR_FACTOR * (local * per_token + full)
 
     frames, height, width = video
@@ -100,6 +111,7 @@ def estimate_memory(
     # decoder stages over ranks, which leaves the largest (full-resolution) stage's activations whole.
     ranks = {"patch": world_size, "combined": max(1, world_size // 2)}.get(vae_mode, 1)
     chunk_pixels = VAE_CHUNK_FRAMES * height * width / ranks
-    decoded = 4.0 * 3 * frames * height * width  # the finished fp32 video, assembled on every rank
-    vae = ALLOCATOR_FACTOR * model.vae.decode_bytes_per_chunk_pixel * chunk_pixels + decoded
-    return MemoryEstimate(dit_w, t5, vae_w, acts, vae, RUNTIME_OVERHEAD_GB * GB)
+    vae_scale = vae_dtype_bytes / 4.0  # the decode constants are fp32 bytes
+    decoded = vae_dtype_bytes * 3 * frames * height * width  # the finished video, assembled on every rank
+    vae = ALLOCATOR_FACTOR * model.vae.decode_bytes_per_chunk_pixel * chunk_pixels * vae_scale + decoded
+    return MemoryEstimate(dit_w, t5, vae_w, acts, vae, overhead_bytes)

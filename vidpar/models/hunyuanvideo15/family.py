@@ -127,10 +127,27 @@ class HunyuanVideo15Family(ModelFamily):
         name = str(root) if diffusers else f"{root} ({dit_folder.name})"
         return hy15_card(name, dit, read_config(root / "vae"), root, diffusers_layout=diffusers)
 
+    def _tokenizers(self, path: Path):
+        from .prompt_encoder import PromptTokenizers
+
+        root, _, diffusers = self._parts(path)
+        return PromptTokenizers.from_pretrained(root) if diffusers else PromptTokenizers.from_official(root)
+
+    def check_prompts(self, source, prompts) -> None:
+        """Both tokenizers (Qwen template + crop, ByT5 glyph text), no weights; ``PromptError`` for the first bad one."""
+        from vidpar.models.family import PromptError
+
+        tokenizers = self._tokenizers(Path(source))
+        for i, prompt in enumerate(prompts):
+            try:
+                tokenizers.check([prompt])
+            except ValueError as e:
+                raise PromptError(i, str(e).replace("prompt 0: ", "").replace("prompt 0 ", "")) from None
+
     def load(self, source, *, dtype: torch.dtype, device, attention_backend: str = "auto",
              load_text_encoder: bool = True, load_image_encoder: bool | None = None) -> HunyuanComponents:
         from .image_encoder import HunyuanImageEncoder
-        from .prompt_encoder import HunyuanPromptEncoder, PromptTokenizers
+        from .prompt_encoder import HunyuanPromptEncoder
         from .transformer import HunyuanVideo15Transformer3D
         from .vae import HunyuanVideo15VAE
 
@@ -142,12 +159,11 @@ class HunyuanVideo15Family(ModelFamily):
         # bf16/fp16 VAEs are slow or unsupported on CPU; float64 (exact-comparison runs) is kept everywhere.
         vae_dtype = torch.float32 if torch.device(device).type == "cpu" and dtype != torch.float64 else dtype
         vae = HunyuanVideo15VAE.from_pretrained(root / "vae", dtype=vae_dtype, attention_backend=attention_backend)
+        tokenizers = self._tokenizers(Path(source))
         if diffusers:
-            tokenizers = PromptTokenizers.from_pretrained(root)
             encoder = HunyuanPromptEncoder.from_pretrained(root, dtype, device) if load_text_encoder else None
             image_folder = root
         else:
-            tokenizers = PromptTokenizers.from_official(root)
             encoder = HunyuanPromptEncoder.from_official(root, dtype, device) if load_text_encoder else None
             image_folder = root / "vision_encoder" / "siglip"
         image = None

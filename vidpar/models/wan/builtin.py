@@ -19,6 +19,8 @@ from .vae_config import WanVAEConfig
 
 TINY_TEXT_LEN = 128
 TINY_TEXT_DIM = 32
+# The tiny UMT5 text encoder (width TINY_TEXT_DIM), in ``umt5_encoder_params``' names.
+TINY_UMT5 = dict(vocab=128, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_buckets=8)
 
 
 def char_tokenizer():
@@ -69,10 +71,12 @@ def build_tiny(
         vae = _perturbed(WanVAE(tiny_vae_config()), 0.05)
         text_encoder = None
         if load_text_encoder:
+            u = TINY_UMT5
             config = UMT5Config(
-                vocab_size=128, d_model=TINY_TEXT_DIM, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                vocab_size=u["vocab"], d_model=TINY_TEXT_DIM, d_kv=u["d_kv"], num_heads=u["num_heads"],
+                d_ff=u["d_ff"], num_layers=u["num_layers"], relative_attention_num_buckets=u["num_buckets"],
+                feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+                decoder_start_token_id=0,
             )
             text_encoder = WanTextEncoder(_perturbed(UMT5EncoderModel(config), 0.02), tokenizer)
     return transformer, vae, text_encoder, tokenizer

@@ -85,9 +85,13 @@ def wan_card(
     sampler: SamplerSpec,
     experts: int = 1,
     expand_timesteps: bool = False,
+    text_encoder_params: float | None = None,
 ) -> ModelCard:
-    """The card of a Wan model with these configs (the loaded model and the unloaded folder use this one function)."""
-    from .workload import wan_model_spec
+    """The card of a Wan model with these configs (the loaded model and the unloaded folder use this one function).
+
+    ``text_encoder_params``: the checkpoint's text encoder size (``weight_files.check_weight_files``); None: umT5-XXL.
+    """
+    from .workload import TEXT_ENCODER_PARAMS, wan_model_spec
 
     geometry = LatentGeometry(vae.z_dim, vae.scale_factor_temporal, vae.scale_factor_spatial, dit.patch_size)
     notes = [f"DiT {dit.model_type}: dim {dit.dim}, {dit.num_heads} heads, {dit.num_layers} layers"
@@ -97,7 +101,8 @@ def wan_card(
     return ModelCard(
         family="wan", name=name, geometry=geometry, defaults=defaults, sampler=sampler, guidance="cfg",
         image=image_kind(dit, vae, expand_timesteps), text_len=dit.text_len, experts=experts,
-        workload=wan_model_spec(name, dit, vae, experts), notes=tuple(notes),
+        workload=wan_model_spec(name, dit, vae, experts, text_encoder_params or TEXT_ENCODER_PARAMS),
+        notes=tuple(notes),
     )
 
 

@@ -29,6 +29,7 @@ from .runtime import OFFICIAL_CLIP, WanRuntime
 from .text_encoder import WanTextEncoder, load_tokenizer
 from .transformer import WanTransformer3D
 from .vae import WanVAE
+from .weight_files import check_weight_files
 
 BUILTIN_NAMES = ("tiny", "tiny-shapes")
 # Built-in names backed by a checkpoint folder shipped inside the package (trained by examples/train_tiny.py).
@@ -59,6 +60,7 @@ class WanComponents(WanRuntime):
     expand_timesteps: bool = False  # Wan 2.2 TI2V-5B: the image latent replaces the first latent frame
     scheduler: str = "unipc"
     defaults: ModelDefaults | None = None
+    text_encoder_params: float | None = None  # the checkpoint's text encoder size (None: umT5-XXL), every rank
 
     @property
     def text_len(self) -> int:
@@ -119,6 +121,7 @@ def load_components(
     if load_image_encoder is None:
         load_image_encoder = load_text_encoder
     source = check_source(source)
+    text_encoder_params = check_weight_files(source)  # a truncated file is named before any tensor is read
     if source == "tiny":
         from .builtin import build_tiny
 
@@ -129,6 +132,7 @@ def load_components(
     else:
         comps = _load_official(source, dtype, load_text_encoder, attention_backend)
     comps.name = display_name(source)
+    comps.text_encoder_params = text_encoder_params
     # bf16/fp16 VAEs are slow or unsupported on CPU; float64 (exact-comparison runs) is kept everywhere.
     vae_dtype = torch.float32 if torch.device(device).type == "cpu" and dtype != torch.float64 else dtype
     comps.transformer.to(device=device, dtype=dtype)

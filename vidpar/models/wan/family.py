@@ -12,6 +12,7 @@ from vidpar.models.family import ModelCard, ModelFamily, SamplerSpec
 
 from .card import TINY_DEFAULTS, folder_defaults, wan_card
 from .components import BUILTIN_NAMES, WanComponents, check_source, display_name, load_components
+from .weight_files import check_weight_files
 
 
 def _read_json(path: Path) -> dict:
@@ -69,9 +70,10 @@ class WanFamily(ModelFamily):
         from .vae_config import WanVAEConfig
 
         source = check_source(source)
+        text_encoder_params = check_weight_files(source)  # every weight file checked, headers only
         if source == "tiny":
             return wan_card("tiny", tiny_transformer_config(), tiny_vae_config(), defaults=TINY_DEFAULTS,
-                            sampler=SamplerSpec("unipc", 3.0))
+                            sampler=SamplerSpec("unipc", 3.0), text_encoder_params=text_encoder_params)
         path = Path(source)
         name = display_name(path)
         expand = False
@@ -79,21 +81,43 @@ class WanFamily(ModelFamily):
             index = _read_json(path / "model_index.json")
             dit = read_wan_transformer_config(path / "transformer")
             experts = 2 if (path / "transformer_2").is_dir() and index.get("transformer_2", [None])[0] else 1
+            if experts == 2:
+                read_wan_transformer_config(path / "transformer_2")  # its config and headers checked too
             vae_file = path / "vae" / "config.json"
             try:
                 vae = WanVAEConfig.from_dict(_read_json(vae_file))
-            except (TypeError, KeyError) as e:
+            except (TypeError, KeyError, ValueError) as e:
                 raise ValueError(f"{vae_file}: {e}") from None
             expand = bool(index.get("expand_timesteps"))
         else:
             two = not (path / "config.json").is_file()
             dit = read_wan_transformer_config(path / "high_noise_model" if two else path)
+            if two:
+                read_wan_transformer_config(path / "low_noise_model")
             experts = 2 if two else 1
             vae = WanVAEConfig.wan22() if (path / "Wan2.2_VAE.pth").is_file() else WanVAEConfig.wan21()
             expand = dit.model_type == "ti2v"
         defaults, sampler = folder_defaults(path, dit, experts)
         return wan_card(name, dit, vae, defaults=defaults, sampler=sampler, experts=experts,
-                        expand_timesteps=expand)
+                        expand_timesteps=expand, text_encoder_params=text_encoder_params)
+
+    def check_prompts(self, source, prompts) -> None:
+        from .builtin import char_tokenizer
+        from .components import OFFICIAL_TOKENIZER
+        from .text_encoder import check_prompts, load_tokenizer
+
+        source = check_source(source)
+        text_len = self.card(source).text_len
+        if source == "tiny":
+            tokenizer = char_tokenizer()
+        else:
+            path = Path(source)
+            folder = path / "tokenizer" if (path / "model_index.json").is_file() else path / OFFICIAL_TOKENIZER
+            try:
+                tokenizer = load_tokenizer(folder)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{folder}: the tokenizer does not load ({e})") from None
+        check_prompts(tokenizer, list(prompts), text_len)
 
     def load(self, source, *, dtype: torch.dtype, device, attention_backend: str = "auto",
              load_text_encoder: bool = True, load_image_encoder: bool | None = None) -> WanComponents:

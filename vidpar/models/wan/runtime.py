@@ -36,7 +36,7 @@ class WanRuntime(LoadedModel):
         return wan_card(
             self.name or "wan", self.transformer.config, self.vae.config, defaults=defaults,
             sampler=SamplerSpec(self.scheduler, self.flow_shift), experts=2 if self.transformer_2 is not None else 1,
-            expand_timesteps=self.expand_timesteps,
+            expand_timesteps=self.expand_timesteps, text_encoder_params=self.text_encoder_params,
         )
 
     def denoisers(self) -> list[nn.Module]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import os
 import re
+from pathlib import Path
 from collections.abc import Sequence
 
 import torch
@@ -61,20 +62,25 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def check_prompts(tokenizer, prompts: Sequence[str], max_length: int = 512, clean: bool = True) -> list[int]:
-    """Token count (EOS included) of every prompt; raises ValueError if any exceeds ``max_length``.
+    """Token count (EOS included) of every prompt; raises ``PromptError`` (a ``ValueError``) naming the first
+    prompt longer than ``max_length`` tokens (or not a string).
 
     Tokenization only: cheap, deterministic, identical on every rank.
     """
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise TypeError("prompts must be a list of str")
+    from vidpar.models.family import PromptError
+
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of str, not one str")
     if len(prompts) == 0:
         raise ValueError("prompts is empty")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise PromptError(i, f"must be a string, got {type(p).__name__}")
     texts = [clean_prompt(p) if clean else p for p in prompts]
     counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
-    too_long = [(i, n) for i, n in enumerate(counts) if n > max_length]
-    if too_long:
-        detail = ", ".join(f"prompt {i}: {n} tokens" for i, n in too_long)
-        raise ValueError(f"prompt too long for the text encoder (max {max_length} tokens incl. EOS): {detail}")
+    for i, n in enumerate(counts):
+        if n > max_length:
+            raise PromptError(i, f"{n} tokens incl. EOS, too long for the text encoder (max {max_length})")
     return counts
 
 
@@ -167,7 +173,9 @@ class WanTextEncoder:
         ``google/umt5-xxl`` tokenizer folder."""
         from transformers import UMT5EncoderModel
 
-        state = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True, mmap=True)
+        from vidpar.models.weights import load_torch_file
+
+        state = load_torch_file(Path(checkpoint), mmap=True)
         config = _umt5_config_from_official(state)
         with torch.device("meta"):
             model = UMT5EncoderModel(config)

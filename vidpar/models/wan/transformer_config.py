@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from vidpar.config_fields import ConfigFields
+
 # Number of CLIP image tokens Wan 2.1 I2V feeds to the image cross-attention (FLF2V feeds two images: 2 * 257).
 WAN_IMAGE_TOKENS = 257
+# The official ``model_type`` values vidpar runs (VACE, S2V and other variants have layers it does not build).
+WAN_MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
 # Width of the CLIP (open-clip xlm-roberta ViT-H/14) image states that Wan 2.1 I2V consumes.
 WAN_CLIP_DIM = 1280
 
@@ -93,38 +97,41 @@ class WanTransformerConfig:
 
     @classmethod
     def from_diffusers_config(cls, cfg: dict[str, Any]) -> "WanTransformerConfig":
-        """From a diffusers ``WanTransformer3DModel`` ``config.json`` dict.
+        """From a diffusers ``WanTransformer3DModel`` ``config.json`` dict; every field typed and ranged
+        (``ValueError`` naming the field; the caller names the file).
 
         diffusers always builds QK RMS-norms across heads whatever ``qk_norm`` says, so ``qk_norm`` is True.
         ``rope_max_seq_len`` is ignored: vidpar computes rotary tables for any length.
         """
+        f = ConfigFields(cfg)
         cls_name = cfg.get("_class_name", "WanTransformer3DModel")
         if cls_name != "WanTransformer3DModel":
             raise ValueError(f"expected a WanTransformer3DModel config, got _class_name={cls_name!r}")
-        heads = int(cfg.get("num_attention_heads", 40))
-        dim = heads * int(cfg.get("attention_head_dim", 128))
-        image_dim = cfg.get("image_dim")
-        added_kv = cfg.get("added_kv_proj_dim")
+        heads = f.int("num_attention_heads", 40, min=1)
+        dim = heads * f.int("attention_head_dim", 128, min=1)
+        image_dim = f.optional_int("image_dim", min=1)
+        added_kv = f.optional_int("added_kv_proj_dim", min=1)
         if image_dim is not None and added_kv not in (None, dim):
             raise ValueError(f"added_kv_proj_dim={added_kv} must equal the model width {dim} when image_dim is set")
         if image_dim is None and added_kv is not None:
             raise ValueError("added_kv_proj_dim is set but image_dim is not; this layout is not a Wan model")
-        in_ch = int(cfg.get("in_channels", 16))
+        in_ch = f.int("in_channels", 16, min=1)
+        f.optional_int("rope_max_seq_len", min=1)  # typed, then ignored (see above)
         return cls(
             dim=dim,
             num_heads=heads,
-            num_layers=int(cfg.get("num_layers", 40)),
-            ffn_dim=int(cfg.get("ffn_dim", 13824)),
+            num_layers=f.int("num_layers", 40, min=1),
+            ffn_dim=f.int("ffn_dim", 13824, min=1),
             in_channels=in_ch,
-            out_channels=int(cfg.get("out_channels") or in_ch),
-            text_dim=int(cfg.get("text_dim", 4096)),
-            freq_dim=int(cfg.get("freq_dim", 256)),
-            patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
-            eps=float(cfg.get("eps", 1e-6)),
+            out_channels=f.optional_int("out_channels", min=1) or in_ch,
+            text_dim=f.int("text_dim", 4096, min=1),
+            freq_dim=f.int("freq_dim", 256, min=2),
+            patch_size=f.int_list("patch_size", (1, 2, 2), length=3, min=1),
+            eps=f.float("eps", 1e-6, positive=True),
             qk_norm=True,
-            cross_attn_norm=bool(cfg.get("cross_attn_norm", True)),
-            image_dim=None if image_dim is None else int(image_dim),
-            image_pos_embed_len=cfg.get("pos_embed_seq_len"),
+            cross_attn_norm=f.bool("cross_attn_norm", True),
+            image_dim=image_dim,
+            image_pos_embed_len=f.optional_int("pos_embed_seq_len", min=1),
             model_type="i2v" if image_dim is not None else "t2v",
         )
 
@@ -132,7 +139,8 @@ class WanTransformerConfig:
     def from_official_config(
         cls, cfg: dict[str, Any], image_dim: int | None | str = "auto"
     ) -> "WanTransformerConfig":
-        """From an official Wan ``config.json`` dict (``dim``, ``num_heads``, ``model_type``, ``in_dim``...).
+        """From an official Wan ``config.json`` dict (``dim``, ``num_heads``, ``model_type``, ``in_dim``...); every
+        field typed and ranged (``ValueError`` naming the field; the caller names the file).
 
         ``model_type == "i2v"`` is ambiguous: Wan 2.1 I2V has a CLIP image embedding, Wan 2.2 I2V-A14B has none,
         and their configs do not say which. ``image_dim="auto"`` guesses 1280 for ``i2v``/``flf2v``; the loader
@@ -140,29 +148,31 @@ class WanTransformerConfig:
         """
         if "dim" not in cfg or "num_heads" not in cfg:
             raise ValueError("not an official Wan config: keys 'dim' and 'num_heads' are required")
-        model_type = str(cfg.get("model_type", "t2v"))
-        window = tuple(cfg.get("window_size", (-1, -1)))
+        f = ConfigFields(cfg)
+        model_type = f.str("model_type", "t2v", choices=WAN_MODEL_TYPES)
+        window = f.int_list("window_size", (-1, -1), length=2)
         if window != (-1, -1):
-            raise ValueError(f"windowed attention (window_size={window}) is not supported; only global attention")
+            raise ValueError(f"windowed attention (window_size={list(window)}) is not supported; only global "
+                             "attention")
         if image_dim == "auto":
             image_dim = WAN_CLIP_DIM if model_type in ("i2v", "flf2v") else None
-        in_ch = int(cfg.get("in_dim", 16))
+        in_ch = f.int("in_dim", 16, min=1)
         return cls(
-            dim=int(cfg["dim"]),
-            num_heads=int(cfg["num_heads"]),
-            num_layers=int(cfg.get("num_layers", 32)),
-            ffn_dim=int(cfg.get("ffn_dim", 8192)),
+            dim=f.int("dim", min=1),
+            num_heads=f.int("num_heads", min=1),
+            num_layers=f.int("num_layers", 32, min=1),
+            ffn_dim=f.int("ffn_dim", 8192, min=1),
             in_channels=in_ch,
-            out_channels=int(cfg.get("out_dim") or in_ch),
-            text_dim=int(cfg.get("text_dim", 4096)),
-            freq_dim=int(cfg.get("freq_dim", 256)),
-            patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
-            eps=float(cfg.get("eps", 1e-6)),
-            qk_norm=bool(cfg.get("qk_norm", True)),
-            cross_attn_norm=bool(cfg.get("cross_attn_norm", True)),
+            out_channels=f.optional_int("out_dim", min=1) or in_ch,
+            text_dim=f.int("text_dim", 4096, min=1),
+            freq_dim=f.int("freq_dim", 256, min=2),
+            patch_size=f.int_list("patch_size", (1, 2, 2), length=3, min=1),
+            eps=f.float("eps", 1e-6, positive=True),
+            qk_norm=f.bool("qk_norm", True),
+            cross_attn_norm=f.bool("cross_attn_norm", True),
             image_dim=image_dim,
             image_pos_embed_len=2 * WAN_IMAGE_TOKENS if (model_type == "flf2v" and image_dim) else None,
-            text_len=int(cfg.get("text_len", 512)),
+            text_len=f.int("text_len", 512, min=1),
             model_type=model_type,
         )
 

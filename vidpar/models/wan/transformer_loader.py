@@ -14,12 +14,12 @@ Only safetensors are read: nothing is ever unpickled.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from safetensors import safe_open
+
+from vidpar.models.weights import find_weight_files, iter_tensors, read_headers, read_json
 
 from .transformer import WanTransformer3D
 from .transformer_config import WanTransformerConfig
@@ -104,11 +104,6 @@ def native_to_official_key(key: str) -> str:
 # ---------------------------------------------------------------------- files
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
 def _model_dir(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"Wan checkpoint path does not exist: {path}")
@@ -117,39 +112,6 @@ def _model_dir(path: Path) -> Path:
     if not (path / "config.json").is_file() and (path / "transformer" / "config.json").is_file():
         return path / "transformer"  # a diffusers pipeline root
     return path
-
-
-def find_weight_files(folder: Path, explicit: Path | None = None) -> list[Path]:
-    """The safetensors files holding the weights in ``folder`` (an index's shards, or the single file)."""
-    if explicit is not None and explicit.suffix == ".safetensors":
-        return [explicit]
-    if explicit is not None and explicit.name.endswith(".safetensors.index.json"):
-        indexes = [explicit]
-    else:
-        preferred = folder / "diffusion_pytorch_model.safetensors.index.json"
-        indexes = [preferred] if preferred.is_file() else sorted(folder.glob("*.safetensors.index.json"))
-    if len(indexes) > 1:
-        raise ValueError(f"several safetensors indexes in {folder}: {[p.name for p in indexes]}; pass one of them")
-    if indexes:
-        weight_map = _read_json(indexes[0]).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{indexes[0]} has no 'weight_map'")
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        absent = [p.name for p in files if not p.is_file()]
-        if absent:
-            raise FileNotFoundError(f"{indexes[0].name} lists shard(s) missing from {folder}: {absent}")
-        return files
-    preferred = folder / "diffusion_pytorch_model.safetensors"
-    singles = [preferred] if preferred.is_file() else sorted(folder.glob("*.safetensors"))
-    if len(singles) == 1:
-        return singles
-    if len(singles) > 1:
-        raise ValueError(f"several .safetensors files and no index in {folder}: {[p.name for p in singles]}")
-    pickles = sorted(p.name for ext in ("*.bin", "*.pt", "*.pth", "*.ckpt") for p in folder.glob(ext))
-    if pickles:
-        raise ValueError(f"{folder} holds only pickle checkpoints {pickles}; vidpar loads safetensors only "
-                         f"(it never unpickles). Convert them to safetensors first.")
-    raise FileNotFoundError(f"no .safetensors weights in {folder}")
 
 
 # ---------------------------------------------------------------------- loading
@@ -191,15 +153,12 @@ def _from_native(key: str, layout: str) -> str:
 
 def _read_config(folder: Path, files: list[Path]) -> tuple[WanTransformerConfig, str, dict[str, tuple[int, ...]]]:
     """``(config, layout, checkpoint key -> shape)`` from ``config.json`` and the safetensors headers (no tensor
-    data is read)."""
+    data is read; a truncated or corrupt weight file is refused naming it)."""
     config_path = folder / "config.json"
-    shapes: dict[str, tuple[int, ...]] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as fh:
-            for k in fh.keys():
-                shapes[k] = tuple(fh.get_slice(k).get_shape())
+    headers = read_headers(files)
+    shapes = {k: shape for k, (_file, shape, _dtype) in headers.items()}
     try:
-        config, layout = _config_and_layout(_read_json(config_path), shapes)
+        config, layout = _config_and_layout(read_json(config_path), shapes)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{config_path}: {e}") from None
     return config, layout, shapes
@@ -233,12 +192,10 @@ def load_wan_transformer(
     files = find_weight_files(folder, path if path.is_file() else None)
     config, layout, shapes = _read_config(folder, files)
     where: dict[str, tuple[Path, str]] = {}  # native name -> (file, checkpoint name)
-    for file in files:
-        with safe_open(str(file), framework="pt") as fh:
-            for k in fh.keys():
-                native = _to_native(k, layout)
-                if native is not None:
-                    where[native] = (file, k)
+    for k, (file, _shape, _dtype) in read_headers(files).items():
+        native = _to_native(k, layout)
+        if native is not None:
+            where[native] = (file, k)
 
     with torch.device("meta"):
         model = WanTransformer3D(config, attention_backend=attention_backend)
@@ -260,21 +217,18 @@ def load_wan_transformer(
 
     if dtype is None:
         probe_file, probe_key = where["blocks.0.ffn.0.weight"] if config.num_layers else where["head.head.weight"]
-        with safe_open(str(probe_file), framework="pt") as fh:
-            dtype = fh.get_slice(probe_key).get_dtype()
-            dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                     "F64": torch.float64}.get(dtype, torch.float32)
+        dtype = read_headers([probe_file])[probe_key][2] or torch.float32
 
-    state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for native, (file, ck) in where.items():
         by_file.setdefault(file, []).append((native, ck))
+    state: dict[str, torch.Tensor] = {}
     for file, items in by_file.items():
-        with safe_open(str(file), framework="pt") as fh:
-            for native, ck in items:
-                t = fh.get_tensor(ck)
-                keep = any(p in native for p in _KEEP_FP32) and dtype in (torch.float16, torch.bfloat16)
-                state[native] = t.to(device=device, dtype=torch.float32 if keep else dtype)
+        natives = dict((ck, native) for native, ck in items)
+        for ck, t in iter_tensors(file, [ck for _, ck in items]):  # one tensor in host memory at a time
+            native = natives[ck]
+            keep = any(p in native for p in _KEEP_FP32) and dtype in (torch.float16, torch.bfloat16)
+            state[native] = t.to(device=device, dtype=torch.float32 if keep else dtype)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 

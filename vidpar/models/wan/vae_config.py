@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from vidpar.config_fields import ConfigFields
+
 # Per-channel latent statistics of the released VAEs (diffusers' AutoencoderKLWan default / conversion script).
 WAN21_LATENTS_MEAN = [
     -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -125,16 +127,37 @@ class WanVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WanVAEConfig":
-        """From a diffusers ``config.json`` dict; ``_``-prefixed metadata is ignored, other unknown keys raise."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        """From a diffusers ``config.json`` dict, every field typed and ranged (``ValueError`` naming the field; the
+        caller names the file); ``_``-prefixed metadata is ignored, other unknown keys raise."""
+        f = ConfigFields(d)
+        names = {fl.name for fl in dataclasses.fields(cls)}
         unknown = sorted(k for k in d if k not in names and not k.startswith("_") and k not in _IGNORED_KEYS)
         if unknown:
             raise ValueError(f"unknown Wan VAE config keys: {unknown}")
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if kwargs.get("scale_factor_temporal") is None:
-            kwargs.pop("scale_factor_temporal", None)
-        if kwargs.get("scale_factor_spatial") is None:
-            kwargs.pop("scale_factor_spatial", None)
+        base = cls()
+        z_dim = f.int("z_dim", base.z_dim, min=1)
+        kwargs = dict(
+            base_dim=f.int("base_dim", base.base_dim, min=1),
+            decoder_base_dim=f.optional_int("decoder_base_dim", min=1),
+            z_dim=z_dim,
+            dim_mult=f.int_list("dim_mult", base.dim_mult, min=1),
+            num_res_blocks=f.int("num_res_blocks", base.num_res_blocks, min=1),
+            attn_scales=f.float_list("attn_scales", ()),
+            temperal_downsample=f.bool_list("temperal_downsample", base.temperal_downsample),
+            is_residual=f.bool("is_residual", base.is_residual),
+            in_channels=f.int("in_channels", base.in_channels, min=1),
+            out_channels=f.int("out_channels", base.out_channels, min=1),
+            patch_size=f.optional_int("patch_size", min=1),
+        )
+        if not kwargs["dim_mult"]:
+            raise ValueError("dim_mult must be a non-empty list of ints >= 1, got []")
+        for key in ("latents_mean", "latents_std"):
+            if f.has(key):
+                kwargs[key] = f.float_list(key, length=z_dim, positive=key == "latents_std")
+        for key in ("scale_factor_temporal", "scale_factor_spatial"):
+            value = f.optional_int(key, min=1)
+            if value is not None:
+                kwargs[key] = value
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

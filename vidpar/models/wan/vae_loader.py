@@ -9,13 +9,14 @@ Official key names are mapped to diffusers' (the names :class:`WanVAE` uses) fol
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Mapping
 
 import torch
+
+from vidpar.models.weights import load_safetensors_file, load_torch_file, read_json
 
 from .vae import WanVAE
 from .vae_config import WanVAEConfig
@@ -138,26 +139,21 @@ def load_state_dict_checked(model: WanVAE, state_dict: Mapping[str, torch.Tensor
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     if (folder / _WEIGHTS).is_file():
-        return load_file(str(folder / _WEIGHTS))
+        return load_safetensors_file(folder / _WEIGHTS)
     if (folder / _INDEX).is_file():
-        shards = sorted(set(json.loads((folder / _INDEX).read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(folder / _INDEX).get("weight_map", {}).values()))
         out: dict[str, torch.Tensor] = {}
         for shard in shards:
-            out.update(load_file(str(folder / shard)))
+            out.update(load_safetensors_file(folder / shard))
         return out
     raise ValueError(f"no {_WEIGHTS} (or its index) in {folder}")
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    # weights_only: never run pickled code from a checkpoint.
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        return load_safetensors_file(path)
+    sd = load_torch_file(path)  # weights_only: never run pickled code from a checkpoint
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path} is not a plain dict of tensors")
     return sd
@@ -177,7 +173,10 @@ def load_wan_vae(
         if config is None:
             if not (folder / "config.json").is_file():
                 raise ValueError(f"no config.json in {folder} (and no config given)")
-            config = WanVAEConfig.from_dict(json.loads((folder / "config.json").read_text()))
+            try:
+                config = WanVAEConfig.from_dict(read_json(folder / "config.json"))
+            except ValueError as e:
+                raise ValueError(f"{folder / 'config.json'}: {e}") from None
         state_dict = _read_safetensors(folder)
     elif p.is_file():
         state_dict = _read_file(p)

@@ -70,7 +70,7 @@ def diffusers_sampler_and_guidance(folder: Path) -> tuple[SamplerSpec, float]:
 def hy15_card(name: str, dit: HunyuanVideo15TransformerConfig, vae, folder: Path | None, *,
               diffusers_layout: bool) -> ModelCard:
     """The card of a checkpoint with these configs (``vae``: its ``HunyuanVideo15VAEConfig``)."""
-    from .workload import hy15_model_spec
+    from .workload import checkpoint_encoder_params, hy15_model_spec
 
     if diffusers_layout:
         sampler, guidance = diffusers_sampler_and_guidance(folder)
@@ -91,7 +91,9 @@ def hy15_card(name: str, dit: HunyuanVideo15TransformerConfig, vae, folder: Path
     return ModelCard(
         family=FAMILY, name=name, geometry=geometry, defaults=defaults, sampler=sampler, guidance="cfg",
         image="required" if dit.task == "i2v" else "none", text_len=dit.text_len,
-        workload=hy15_model_spec(name, dit, vae), notes=tuple(notes),
+        workload=hy15_model_spec(name, dit, vae, checkpoint_encoder_params(folder, diffusers_layout)
+                                 if folder is not None else None),
+        notes=tuple(notes),
     )
 
 

@@ -129,15 +129,35 @@ def _planner_flops(config: HunyuanVideo15TransformerConfig, text: int, image: in
     return ForwardFlops(**hy15_forward_flops(config, tokens, text, 0, image))
 
 
-def hy15_model_spec(name: str, dit: HunyuanVideo15TransformerConfig, vae=None):
+def hy15_model_spec(name: str, dit: HunyuanVideo15TransformerConfig, vae=None,
+                    text_encoder_params: float | None = None):
     """The planner's ``ModelSpec``: the DiT, its VAE (``HunyuanVideo15VAEConfig``; default the released one) and
-    the text encoders' size."""
+    the text encoders' size (``text_encoder_params``: the checkpoint's own; None: the released encoders')."""
     from vidpar.planner.workload import ModelSpec
 
     from .vae_config import HunyuanVideo15VAEConfig
 
     vae = HunyuanVideo15VAEConfig() if vae is None else vae
-    return ModelSpec(name, hy15_dit_workload(dit, name), vae.planner_workload(), 1, TEXT_ENCODER_PARAMS)
+    encoders = TEXT_ENCODER_PARAMS if text_encoder_params is None else text_encoder_params
+    return ModelSpec(name, hy15_dit_workload(dit, name), vae.planner_workload(), 1, encoders)
+
+
+def checkpoint_encoder_params(root, diffusers_layout: bool) -> float | None:
+    """Parameters of a checkpoint's text (and image) encoders from their safetensors headers (no tensor data), or
+    None where a part is not safetensors (the official ByT5 ``.pt``: its released size is used for that part)."""
+    from pathlib import Path
+
+    from vidpar.models.weights import safetensors_params
+
+    root = Path(root)
+    if diffusers_layout:
+        folders = [root / "text_encoder", root / "text_encoder_2", root / "image_encoder"]
+        glyph = 0.0
+    else:
+        folders = [root / "text_encoder" / "llm", root / "vision_encoder" / "siglip" / "image_encoder"]
+        glyph = 0.22e9  # byt5_model.pt (Glyph-SDXL-v2's ByT5-small encoder)
+    files = [f for folder in folders if folder.is_dir() for f in sorted(folder.glob("*.safetensors"))]
+    return float(safetensors_params(files)) + glyph if files else None
 
 
 def hy15_planner_presets() -> dict:

@@ -1,7 +1,7 @@
-"""The ``vidpar`` command (``python -m vidpar``): ``generate``, ``check``, ``info`` and ``plan``.
+"""The ``vidpar`` command (``python -m vidpar``): ``generate``, ``check``, ``serve``, ``info`` and ``plan``.
 
-Run ``generate`` and ``check`` under ``torchrun`` or Slurm's ``srun`` (one process per GPU); ``info`` and
-``plan`` need no launcher. Exit codes: 0 ok, 1 failed (a rank raised or died; the message names it), 2 bad
+Run ``generate``, ``check`` and ``serve`` under ``torchrun`` or Slurm's ``srun`` (one process per GPU); ``info``
+and ``plan`` need no launcher. Exit codes: 0 ok, 1 failed (a rank raised or died; the message names it), 2 bad
 input (found before any weight is loaded), 3 stopped by SIGTERM/SIGUSR1 with the state saved (requeue and rerun).
 """
 
@@ -13,6 +13,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from vidpar.plan_cli import add_plan_arguments
+    from vidpar.serve.cli import add_serve_arguments
 
     from .check import add_check_arguments
     from .generate import add_generate_arguments
@@ -20,9 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="vidpar", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,check,info,plan}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,check,serve,info,plan}")
     add_generate_arguments(sub.add_parser("generate", help="generate videos from prompts"))
     add_check_arguments(sub.add_parser("check", help="parity of the parallel DiT against one rank"))
+    add_serve_arguments(sub.add_parser("serve", help="a video service (OpenAI videos API) on the loaded model"))
     add_info_arguments(sub.add_parser("info", help="versions, devices, attention backends, launcher"))
     add_plan_arguments(sub.add_parser("plan", help="rank parallel layouts for a cluster"))
     return parser
@@ -39,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from .check import run_check
 
         return run_check(args)
+    if args.command == "serve":
+        from vidpar.serve.cli import run_serve
+
+        return run_serve(args)
     if args.command == "info":
         from .info import run_info
 

@@ -154,8 +154,7 @@ def parse_store_location(url: str | None, state_dir: Path) -> StoreLocation:
     if url.startswith(("postgresql://", "postgres://")):
         return StoreLocation("postgresql", url)
     if url.startswith("sqlite:///"):
-        return StoreLocation("sqlite", url[len("sqlite:///") - 1:] if url.startswith("sqlite:////")
-                             else url[len("sqlite:///"):])
+        return StoreLocation("sqlite", url[len("sqlite:///"):])  # sqlite:///rel/path, sqlite:////abs/path
     if "://" not in url and Path(url).suffix in (".sqlite", ".db"):
         return StoreLocation("sqlite", url)
     raise ValueError(f"--job-store {url!r}: use postgresql://user@host:port/db, sqlite:///path/jobs.sqlite, or "

@@ -1,0 +1,117 @@
+"""The service's parts without a service: the job store (claims, leases, fencing), the outcome decision, request
+parsing, and the throughput planner's queue simulation against the M/D/1 formula."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+
+from vidpar.serve.control import FAILED, INTERRUPTED, OK, Report, is_collective_failure
+from vidpar.serve.jobs import JobRecord, parse_store_location
+from vidpar.serve.protocol import RequestError, build_request, frames_for_seconds, parse_fields
+from vidpar.serve.sqlite_store import SqliteJobStore
+from vidpar.serve.worker import decide
+
+
+def _job(i: int) -> JobRecord:
+    return JobRecord(id=f"video_{i}", status="queued", request={"generation": {"prompt": str(i)}}, model="tiny",
+                     created_at=1000.0 + i)
+
+
+def test_sqlite_store_claims_in_order_fences_and_recovers(tmp_path):
+    store = SqliteJobStore(tmp_path / "jobs.sqlite")
+    for i in range(4):
+        store.create(_job(i))
+    a = store.claim("A", 60.0, now=0.0)
+    b = store.claim("B", 60.0, now=0.0)
+    assert (a.id, a.attempts, a.owner, b.id) == ("video_0", 1, "A", "video_1")
+    assert store.renew(a.id, "A", 60.0, now=10.0, progress=40, step=2).owned
+    # A's lease runs out: a claim after it takes A's job over; A can no longer finish it
+    c = store.claim("B", 60.0, now=100.0)
+    assert (c.id, c.attempts, c.owner) == ("video_0", 2, "B")
+    assert not store.renew(a.id, "A", 60.0, now=100.0).owned
+    assert not store.finish(a.id, "A", "completed", now=101.0)
+    assert store.finish(a.id, "B", "completed", now=101.0, output="/x.mp4")
+    assert store.get(a.id).status == "completed" and store.get(a.id).progress == 100
+    # cancel: a queued job is dropped, a running one is flagged for its replica
+    assert store.cancel("video_2", now=5.0).status == "cancelled"
+    assert store.cancel("video_1", now=5.0).cancel_requested
+    assert store.renew("video_1", "B", 60.0, now=102.0).cancel_requested
+    # a restart requeues the running jobs it left (here: every one, as for a single replica)
+    assert store.release(None) == ["video_1"] and store.get("video_1").status == "queued"
+    assert store.counts() == {"queued": 2, "in_progress": 0, "completed": 1, "failed": 0, "cancelled": 1}
+    page = store.list(limit=2, order="asc")
+    assert [j.id for j in page] == ["video_0", "video_1"]
+    assert [j.id for j in store.list(after="video_1", limit=5, order="asc")] == ["video_2", "video_3"]
+    assert store.delete("video_0") and not store.delete("video_3")  # only finished jobs are deleted
+    store.close()
+
+
+def test_store_locations():
+    assert parse_store_location(None, "/s").target == "/s/jobs.sqlite"
+    assert parse_store_location("sqlite:////abs/q.db", "/s").target == "/abs/q.db"
+    assert parse_store_location("postgresql://u@h:5/db", "/s").kind == "postgresql"
+    assert "postgresql h:5/db" == parse_store_location("postgresql://u:pw@h:5/db", "/s").describe()
+    with pytest.raises(ValueError, match="--job-store"):
+        parse_store_location("redis://x", "/s")
+
+
+def test_outcome_decision():
+    ok, stop = Report(OK), Report(OK, stop=True)
+    assert decide([ok, ok]).status == "completed" and decide([ok, ok]).exit_code is None
+    assert decide([ok, stop]).exit_code == 3  # finished, then drained
+    assert decide([Report(INTERRUPTED), Report(INTERRUPTED)]).status == "cancelled"
+    assert decide([Report(INTERRUPTED, stop=True), Report(INTERRUPTED)]).status == "requeue"
+    # one rank raised alone; the other timed out waiting: name the first, distrust the group
+    d = decide([Report(FAILED, "RuntimeError: gloo timed out", collective=True), Report(FAILED, "ValueError: bad")])
+    assert (d.status, d.error, d.exit_code) == ("failed", "rank 1: ValueError: bad", 1)
+    # every rank agreed on a failure (as Pipeline's ctx_agree makes them): the group is sound, go on
+    d = decide([Report(FAILED, "ValueError: image"), Report(FAILED, "RuntimeError: rank(s) [0] failed")])
+    assert (d.error, d.exit_code) == ("rank 0: ValueError: image", None)
+    assert decide([Report(FAILED, "OSError: disk full"), ok]).exit_code is None  # rank 0's save failed
+    assert is_collective_failure(RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer"))
+    assert not is_collective_failure(RuntimeError("rank(s) [1] failed (see their error messages)"))
+    assert not is_collective_failure(ValueError("Timed out"))
+
+
+def test_request_parsing():
+    from vidpar.models.registry import model_card
+
+    card = model_card("tiny")
+    form = parse_fields({"prompt": "p", "seed": "7", "guidance_scale": "4.5", "loras": "[]"}, from_form=True)
+    assert form == {"prompt": "p", "seed": 7, "guidance_scale": 4.5, "loras": []}
+    assert frames_for_seconds(4, card) == 65 and frames_for_seconds(0.1, card) == 5
+    vr = build_request({"prompt": "p", "size": "64x32", "seconds": "0.5"}, card, ("tiny",))
+    r = vr.request
+    assert (r.width, r.height, r.num_frames, r.num_steps, r.guidance_scale) == (64, 32, 9, 4, 5.0)
+    assert build_request(parse_fields({"prompt": "p"}), card, ("tiny",)).request.num_frames == 5  # the default
+    for bad, status in [({"prompt": 3}, 422), ({"prompt": "p", "steps": 2.0}, 422), ({"prompt": "p", "x": 1}, 422)]:
+        with pytest.raises(RequestError) as e:
+            parse_fields(bad)
+        assert e.value.status == status
+
+
+def test_replica_throughput_plan_and_queue_simulation():
+    from vidpar.planner.throughput import plan_throughput, simulate_latencies
+
+    # M/D/1: mean wait = rho * S / (2 (1 - rho)); the simulation must agree
+    s, rho = 10.0, 0.6
+    lat = simulate_latencies(1, s, rho / s, requests=40000, seed=1)
+    expected = s + rho * s / (2 * (1 - rho))
+    assert math.isclose(statistics.fmean(lat), expected, rel_tol=0.05)
+    assert min(lat) == pytest.approx(s)
+    layouts, rate = plan_throughput("wan2.1-t2v-1.3b", 480, 832, 81, 8, 8, steps=50)
+    assert sorted((lay.replicas, lay.gpus_per_replica) for lay in layouts) == [(1, 8), (2, 4), (4, 2), (8, 1)]
+    whole = next(lay for lay in layouts if lay.replicas == 1)
+    assert rate == pytest.approx(0.7 * whole.videos_per_hour)
+    for lay in layouts:
+        assert lay.videos_per_hour == pytest.approx(lay.replicas * 3600 / lay.seconds_per_video)
+        assert lay.p50_latency_s >= lay.seconds_per_video and lay.p99_latency_s >= lay.p50_latency_s
+    assert layouts[0].videos_per_hour == max(lay.videos_per_hour for lay in layouts)
+    # a stream above every layout's capacity: overloaded, no latency
+    over, _ = plan_throughput("wan2.1-t2v-1.3b", 480, 832, 81, 2, 2, rate_per_hour=1e6, steps=50)
+    assert all(lay.p50_latency_s is None and lay.utilization > 1 for lay in over)
+    partial, _ = plan_throughput("wan2.1-t2v-1.3b", 480, 832, 81, 12, 8, steps=50)
+    assert any("part of a node" in " ".join(lay.rejected) for lay in partial if lay.gpus_per_replica == 12)

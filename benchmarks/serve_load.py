@@ -129,9 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         with sqlite3.connect(state / "jobs.sqlite") as db:
             rows = db.execute("SELECT status, attempts, COUNT(*) FROM jobs GROUP BY status, attempts").fetchall()
         files = len(list((state / "videos").glob("*.mp4")))
-    step_sum = next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("vidpar_step_seconds_sum"))
-    step_count = next(float(line.split()[1]) for line in metrics.splitlines()
-                      if line.startswith("vidpar_step_seconds_count"))
+    samples = dict(line.split() for line in metrics.splitlines() if line.startswith("vidpar_step_seconds_"))
+    step_sum, step_count = float(samples["vidpar_step_seconds_sum"]), float(samples["vidpar_step_seconds_count"])
     lat = [r["latency_s"] for r in results]
     done = [r for r in results if r["status"] == "completed"]
     summary = {

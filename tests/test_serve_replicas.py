@@ -85,7 +85,7 @@ def test_two_replicas_share_one_queue_and_run_each_job_once(postgres, tmp_path):
         for r in replicas:
             r.wait_ready()
         clients = [r.client() for r in replicas]
-        ids = [submit(clients[i % 2], seed=100 + i, steps=6)["id"] for i in range(12)]
+        ids = [submit(clients[i % 2], seed=100 + i, steps=6)["id"] for i in range(8)]
         for i, video_id in enumerate(ids):  # asked through the other replica: one store
             assert wait_status(clients[(i + 1) % 2], video_id)["status"] == "completed"
         rows = _jobs(postgres)

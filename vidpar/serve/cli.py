@@ -8,6 +8,12 @@ loads; the control channel starts; rank 0 requeues the jobs a crash left running
 the rank loop (``vidpar.serve.worker``). Exit codes: 3 after a drain (SIGTERM/SIGUSR1/SIGINT: stop accepting,
 snapshot the running job, requeue it), 1 when a failure left the process group untrusted or a rank died (the
 supervisor restarts the service; the queue and the running job's snapshot survive), 2 for bad arguments.
+A problem only rank 0 can see (the store unreachable, the port taken, the state folder locked) ends rank 0 with
+code 2 before the process group forms; torchrun then stops the other ranks.
+
+torchrun's own ``--max-restarts`` does not work here on torch 2.13 (a restarted gloo worker group hangs creating
+process groups after ``init_device_mesh``), so restart the whole command from outside (systemd, a shell loop,
+``launch/slurm/replicas.sbatch``).
 """
 
 from __future__ import annotations
@@ -170,7 +176,8 @@ def run_serve(args: argparse.Namespace) -> int:
         log.warning("drained: stopped accepting, the running job (if any) is requeued with its snapshot (exit %d)",
                     REQUEUE_EXIT_CODE)
     finish_distributed(barrier=True)
-    return code
+    logging.shutdown()
+    os._exit(code)  # everything is saved; the interpreter's teardown of torch alone takes seconds
 
 
 def _open_rank0(args, location: StoreLocation):

@@ -6,6 +6,7 @@ its claim (lease expired, job taken over) changes nothing.
 
 from __future__ import annotations
 
+import json
 from abc import abstractmethod
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -96,8 +97,6 @@ class SqlJobStore(JobStore):
                error: dict[str, str] | None = None) -> bool:
         if status not in FINISHED:
             raise ValueError(f"a job finishes as one of {FINISHED}, not {status!r}")
-        import json
-
         progress = 100 if status == "completed" else None
         with self._transaction() as cur:
             cur.execute(

@@ -114,16 +114,18 @@ class JobMonitor:
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{job.id}", daemon=True)
         self.locked = False
 
-    def __enter__(self) -> "JobMonitor":
+    def start(self) -> None:
+        """Before the job: take the tokenizer (the job encodes its prompts first) and start renewing."""
         self.state.tokenizer_lock.acquire()
         self.locked = True
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
+        """After the job (whatever happened): give the tokenizer back, stop renewing (the claim stays)."""
         self.release_tokenizer()
         self._done.set()
-        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def release_tokenizer(self) -> None:
         if self.locked:
@@ -241,7 +243,7 @@ class Worker:
         stop = JobStop(self.stop, monitor.on_step if monitor is not None else None)
         try:
             if monitor is not None:
-                monitor.__enter__()
+                monitor.start()
             r = vr.request
             video = self.pipe.generate(
                 r.prompt, r.negative_prompt, height=r.height, width=r.width, num_frames=r.num_frames,
@@ -260,7 +262,7 @@ class Worker:
                 self.log.warning("job %s failed on rank %d: %s: %s", job_id, self.rank, type(e).__name__, e)
         finally:
             if monitor is not None:
-                monitor.__exit__(None, None, None)
+                monitor.close()
         report = Report(report.kind, report.message, report.collective, report.stop, _peak_memory())
         reports = self.channel.agree(report)  # raises if a peer is gone: the job stays claimed for the restart
         decision = decide(reports)

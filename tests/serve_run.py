@@ -13,20 +13,22 @@ import httpx
 
 from cli_run import cli_env, free_port
 
-TINY_JOB = {"prompt": "a red fox in snow", "size": "32x32", "num_frames": 5, "steps": 2, "seed": 3}
+# npy: the exact frames (H.264 is lossy and x264's output varies slightly from one encode to the next)
+TINY_JOB = {"prompt": "a red fox in snow", "size": "32x32", "num_frames": 5, "steps": 2, "seed": 3, "format": "npy"}
 
 
 class Service:
     """One ``vidpar serve`` process tree (its own session, so cleanup can kill every rank)."""
 
     def __init__(self, state_dir: Path, *, nproc: int | None = 2, args: tuple[str, ...] = (), max_restarts: int = 0,
-                 api_key: str | None = None, port: int | None = None, log: Path | None = None, **env: str) -> None:
+                 api_key: str | None = None, port: int | None = None, log: Path | None = None, model: str = "tiny",
+                 **env: str) -> None:
         self.state_dir = Path(state_dir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.log_path = log or Path(state_dir).with_name(Path(state_dir).name + f"-{self.port}.log")
-        serve = ["-m", "vidpar", "serve", "--model", "tiny", "--state-dir", str(state_dir), "--port", str(self.port),
+        serve = ["-m", "vidpar", "serve", "--model", model, "--state-dir", str(state_dir), "--port", str(self.port),
                  "--dtype", "float64", *args]
         if api_key:
             serve += ["--api-key", api_key]
@@ -125,11 +127,12 @@ def submit(client: httpx.Client, **fields) -> dict:
 
 
 def download_frames(client: httpx.Client, video_id: str, folder: Path):
-    """The mp4 of a completed job, decoded to uint8 frames ``[T, H, W, 3]``."""
+    """The video of a completed job as uint8 frames ``[T, H, W, 3]`` (npy as sent, or the mp4 decoded)."""
     from vidpar.video import read_video
 
     r = client.get(f"/v1/videos/{video_id}/content")
-    assert r.status_code == 200 and r.headers["content-type"] == "video/mp4", r.text[:200]
-    path = Path(folder) / f"{video_id}.mp4"
+    assert r.status_code == 200, r.text[:200]
+    kind = {"video/mp4": "mp4", "application/x-npy": "npy"}[r.headers["content-type"]]
+    path = Path(folder) / f"{video_id}.{kind}"
     path.write_bytes(r.content)
     return read_video(path)

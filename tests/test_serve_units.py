@@ -83,7 +83,10 @@ def test_request_parsing():
     form = parse_fields({"prompt": "p", "seed": "7", "guidance_scale": "4.5", "loras": "[]"}, from_form=True)
     assert form == {"prompt": "p", "seed": 7, "guidance_scale": 4.5, "loras": []}
     assert frames_for_seconds(4, card) == 65 and frames_for_seconds(0.1, card) == 5
+    with pytest.raises(RequestError, match="format must be one of"):
+        build_request({"prompt": "p", "format": "gif"}, card, ("tiny",))
     vr = build_request({"prompt": "p", "size": "64x32", "seconds": "0.5"}, card, ("tiny",))
+    assert vr.format == "mp4" and type(vr).from_json(vr.to_json()) == vr
     r = vr.request
     assert (r.width, r.height, r.num_frames, r.num_steps, r.guidance_scale) == (64, 32, 9, 4, 5.0)
     assert build_request(parse_fields({"prompt": "p"}), card, ("tiny",)).request.num_frames == 5  # the default

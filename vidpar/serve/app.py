@@ -2,7 +2,7 @@
 
 - ``POST /v1/videos``: JSON or multipart (the OpenAI client sends multipart); validated here, then queued;
 - ``GET /v1/videos/{id}``: the OpenAI ``Video`` object (status, progress, error);
-- ``GET /v1/videos/{id}/content``: the mp4 once completed (409 before);
+- ``GET /v1/videos/{id}/content``: the mp4 (or the npy frames, for ``format: "npy"``) once completed (409 before);
 - ``DELETE /v1/videos/{id}``: cancel (queued: dropped; running: stopped at the next step on every rank) or, for a
   finished job, delete it and its file;
 - ``GET /v1/videos``: list (``after``, ``limit``, ``order``);
@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from .jobs import FINISHED, QUEUED, RUNNING, JobRecord
-from .protocol import RequestError, build_request, error_body, parse_fields, video_object
+from .protocol import FORMATS, RequestError, build_request, error_body, parse_fields, video_object
 from .state import ServiceState
 
 LORAS_NOT_AVAILABLE = ("this vidpar build cannot load LoRAs yet: the registry is empty and POST /v1/loras is not "
@@ -121,11 +121,12 @@ def create_app(state: ServiceState):
             return fail(f"variant {variant!r} is not available (only 'video')", 400, "variant")
         if job.status != "completed":
             return fail(f"video {video_id} is {job.status}, not completed", 409, "video_id")
-        path = state.output_path(video_id) if job.output is None else Path(job.output)
+        fmt = job.request.get("format", "mp4")
+        path = state.output_path(video_id, fmt) if job.output is None else Path(job.output)
         if not path.is_file():
             return fail(f"video {video_id}: its file {path} is not on this replica (share --state-dir between "
                         "replicas)", 404, "video_id")
-        return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")
+        return FileResponse(path, media_type=FORMATS[fmt], filename=f"{video_id}.{fmt}")
 
     @app.delete("/v1/videos/{video_id}")
     def delete_video(video_id: str):

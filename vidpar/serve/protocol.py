@@ -8,8 +8,9 @@ scheduler, image), so a bad request gets the CLI's one-line message and never re
 Fields: ``model`` (must name the served model if given), ``prompt``, ``size`` ``"WIDTHxHEIGHT"``, ``seconds``
 (clip length, rounded to the model's frame rule) or ``num_frames``; vidpar extras ``negative_prompt``, ``seed``,
 ``steps``, ``guidance_scale``, ``guidance_scale_2``, ``scheduler``, ``flow_shift``, ``image`` (base64, or a
-multipart file ``image`` / ``input_reference``) and ``loras`` (``[{"name": ..., "scale": ...}]``, refused until
-vidpar can load LoRAs). Status 422: the body is malformed (not JSON, unknown field, wrong type); 400: the values
+multipart file ``image`` / ``input_reference``), ``format`` (``"mp4"``, the default, or ``"npy"``: the exact
+uint8 frames ``[T, H, W, 3]``, lossless; H.264 is lossy and its encoder's output varies slightly between runs)
+and ``loras`` (``[{"name": ..., "scale": ...}]``, refused until vidpar can load LoRAs). Status 422: the body is malformed (not JSON, unknown field, wrong type); 400: the values
 are ones the model cannot use.
 """
 
@@ -34,7 +35,9 @@ FIELD_KINDS = {
     "model": "str", "prompt": "str", "size": "str", "seconds": "seconds", "num_frames": "int",
     "negative_prompt": "str", "seed": "int", "steps": "int", "guidance_scale": "number",
     "guidance_scale_2": "number", "scheduler": "str", "flow_shift": "number", "image": "str", "loras": "list",
+    "format": "str",
 }
+FORMATS = {"mp4": "video/mp4", "npy": "application/x-npy"}  # output format -> content type
 IMAGE_FILE_FIELDS = ("image", "input_reference")
 LORA_UNAVAILABLE = ("loras: this vidpar build cannot load LoRAs yet (GET /v1/loras lists none); leave 'loras' out")
 
@@ -64,19 +67,20 @@ class VideoRequest:
     request: GenerationRequest
     image: bytes | None = None
     loras: tuple[LoraRef, ...] = ()
+    format: str = "mp4"
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (stored with the job and broadcast to every rank)."""
         return {"generation": asdict(self.request),
                 "image": None if self.image is None else base64.b64encode(self.image).decode("ascii"),
-                "loras": [asdict(lora) for lora in self.loras]}
+                "loras": [asdict(lora) for lora in self.loras], "format": self.format}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "VideoRequest":
         image = data.get("image")
         return cls(GenerationRequest(**data["generation"]),
                    None if image is None else base64.b64decode(image),
-                   tuple(LoraRef(**lora) for lora in data.get("loras", ())))
+                   tuple(LoraRef(**lora) for lora in data.get("loras", ())), data.get("format", "mp4"))
 
 
 def _coerce(name: str, value: Any, from_form: bool) -> Any:
@@ -185,6 +189,9 @@ def build_request(fields: dict[str, Any], card: ModelCard, served: tuple[str, ..
         if frames is not None:
             raise RequestError("give seconds or num_frames, not both", 400, "seconds")
         frames = frames_for_seconds(float(fields["seconds"]), card)
+    fmt = fields.get("format", "mp4")
+    if fmt not in FORMATS:
+        raise RequestError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}", 400, "format")
     loras = parse_loras(fields.get("loras", []))
     if loras:
         raise RequestError(LORA_UNAVAILABLE, 400, "loras")
@@ -196,7 +203,7 @@ def build_request(fields: dict[str, Any], card: ModelCard, served: tuple[str, ..
     image = fields.get("image_bytes")
     if image is not None and len(image) > MAX_IMAGE_BYTES:
         raise RequestError(f"image is larger than {MAX_IMAGE_BYTES // 2**20} MiB", 400, "image")
-    return VideoRequest(req, image, loras)
+    return VideoRequest(req, image, loras, fmt)
 
 
 def decode_image(data: bytes | None):
@@ -218,7 +225,8 @@ def clip_seconds(num_frames: int, fps: int) -> str:
 
 
 def video_object(job: JobRecord, fps: int) -> dict[str, Any]:
-    """The OpenAI ``Video`` object of a job (plus vidpar's ``num_frames``, ``steps``, ``seed``, ``attempts``)."""
+    """The OpenAI ``Video`` object of a job (plus vidpar's ``num_frames``, ``steps``, ``seed``, ``attempts``,
+    ``format``)."""
     gen = job.request["generation"]
     return {
         "id": job.id, "object": "video", "model": job.model, "status": job.status, "progress": int(job.progress),
@@ -227,6 +235,7 @@ def video_object(job: JobRecord, fps: int) -> dict[str, Any]:
         "expires_at": None, "prompt": gen["prompt"], "seconds": clip_seconds(gen["num_frames"], fps),
         "size": f"{gen['width']}x{gen['height']}", "remixed_from_video_id": None, "error": job.error,
         "num_frames": gen["num_frames"], "steps": gen["num_steps"], "seed": gen["seed"], "attempts": job.attempts,
+        "format": job.request.get("format", "mp4"),
     }
 
 
@@ -238,5 +247,5 @@ def error_body(message: str, status: int, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-__all__ = ["LORA_UNAVAILABLE", "LoraRef", "RequestError", "VideoRequest", "build_request", "clip_seconds",
+__all__ = ["FORMATS", "LORA_UNAVAILABLE", "LoraRef", "RequestError", "VideoRequest", "build_request", "clip_seconds",
            "decode_image", "error_body", "frames_for_seconds", "parse_fields", "parse_size", "video_object"]

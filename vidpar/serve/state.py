@@ -44,8 +44,9 @@ class ServiceState:
     def videos_dir(self) -> Path:
         return self.state_dir / "videos"
 
-    def output_path(self, job_id: str) -> Path:
-        return self.videos_dir / f"{job_id}.mp4"
+    def output_path(self, job_id: str, fmt: str = "mp4") -> Path:
+        """Where the video of a job goes (``fmt``: ``"mp4"`` or ``"npy"``)."""
+        return self.videos_dir / f"{job_id}.{fmt}"
 
     def checkpoint_dir(self, job_id: str) -> Path:
         return self.state_dir / "checkpoints" / job_id

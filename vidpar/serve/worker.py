@@ -4,7 +4,7 @@ Rank 0 claims the next job from the store and announces it on the control channe
 every rank runs it with ``Pipeline.generate`` (checkpointing every ``checkpoint_every`` steps into the job's own
 folder, so an interrupted job resumes), and the ranks then agree on the outcome:
 
-- all ok: rank 0 has written the mp4 (atomically); the job is ``completed``;
+- all ok: rank 0 has written the video (mp4, or npy frames; atomically); the job is ``completed``;
 - interrupted by a cancellation (``DELETE``): ``cancelled``, its snapshot removed;
 - interrupted by a signal (SIGTERM drain): the job goes back to the queue with its snapshot; every rank exits 3;
 - a failure on any rank: ``failed`` with that rank's message. If the failure came from a collective (a timeout
@@ -252,7 +252,7 @@ class Worker:
                 checkpoint_every=self.options.checkpoint_every, stop=stop, image=decode_image(vr.image))
             if self.rank == 0:
                 monitor.release_tokenizer()
-                video.save(self.state.output_path(job_id), fps=self.state.fps)
+                video.save(self.state.output_path(job_id, vr.format), fps=self.state.fps)
             report = Report(OK, stop=self.stop.is_set())
         except GenerationInterrupted:
             report = Report(INTERRUPTED, stop=self.stop.is_set())
@@ -274,7 +274,8 @@ class Worker:
                 monitor: JobMonitor) -> None:
         state, owner, now = self.state, self.state.replica_id, time.time()
         store = state.store
-        ckpt, out = state.checkpoint_dir(job.id), state.output_path(job.id)
+        ckpt = state.checkpoint_dir(job.id)
+        out = state.output_path(job.id, job.request.get("format", "mp4"))
         state.metrics.set_peak_memory([r.memory for r in reports])
         state.end_job()
         if decision.status == "requeue":

@@ -215,3 +215,9 @@ def test_openai_client_creates_retrieves_and_downloads(service, tmp_path):
         same = submit(c)  # the same settings through httpx
         wait_status(c, same["id"])
         assert np.array_equal(np.load(tmp_path / "openai.npy"), download_frames(c, same["id"], tmp_path))
+
+
+def test_a_second_service_on_the_same_state_folder_is_refused(service, tmp_path):
+    res = run_vidpar(["serve", "--model", "tiny", "--state-dir", str(service.state_dir), "--port", "1"], tmp_path,
+                     timeout=60)
+    assert res.returncode == 2 and "is in use by another vidpar serve" in res.stdout, res.stdout

@@ -118,3 +118,22 @@ def test_replica_throughput_plan_and_queue_simulation():
     assert all(lay.p50_latency_s is None and lay.utilization > 1 for lay in over)
     partial, _ = plan_throughput("wan2.1-t2v-1.3b", 480, 832, 81, 12, 8, steps=50)
     assert any("part of a node" in " ".join(lay.rejected) for lay in partial if lay.gpus_per_replica == 12)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--heartbeat", "200"], "--heartbeat must be in (0, --timeout / 2 = 150] seconds"),
+    (["--lease", "2"], "--lease must be at least 4 x --heartbeat"),
+    (["--port", "70000"], "--port must be in 1..65535"),
+    (["--job-store", "mysql://x"], "--job-store 'mysql://x': use postgresql://"),
+    (["--max-attempts", "0"], "--max-attempts must be >= 1"),
+    (["--ulysses", "3"], "needs 3 ranks"),
+])
+def test_serve_arguments_are_checked_before_loading(tmp_path, flags, message):
+    from vidpar.cli import build_parser
+    from vidpar.cli.common import UsageError
+    from vidpar.serve.cli import check_serve_args
+
+    args = build_parser().parse_args(["serve", "--model", "tiny", "--state-dir", str(tmp_path / "s"), *flags])
+    with pytest.raises(UsageError) as e:
+        check_serve_args(args, 1)
+    assert message in str(e.value)

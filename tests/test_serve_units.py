@@ -137,3 +137,18 @@ def test_serve_arguments_are_checked_before_loading(tmp_path, flags, message):
     with pytest.raises(UsageError) as e:
         check_serve_args(args, 1)
     assert message in str(e.value)
+
+
+def test_plan_throughput_subcommand(capsys):
+    import json
+
+    from vidpar.cli import main
+
+    assert main(["plan", "--model", "wan2.1-t2v-1.3b", "--gpus", "4", "--height", "480", "--width", "832",
+                 "--throughput", "--rate", "100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rate_per_hour"] == 100 and [(x["replicas"], x["gpus_per_replica"]) for x in out["layouts"]]
+    assert main(["plan", "--model", "wan2.1-t2v-1.3b", "--gpus", "4", "--throughput"]) == 0
+    table = capsys.readouterr().out
+    assert "R x G" in table and "4 x 1" in table and "1 x 4" in table and "p50 latency" in table
+    assert main(["plan", "--model", "wan2.1-t2v-1.3b", "--gpus", "4", "--throughput", "--rate", "-1"]) == 2

@@ -1,6 +1,7 @@
 """Image-to-video through ``vidpar serve`` (torchrun, 2 processes): a tiny Wan 2.1 I2V diffusers folder; the image
 arrives as base64 JSON or as a multipart upload (as the OpenAI client's ``input_reference``), is broadcast to every
-rank with the job, and the video equals ``vidpar generate --image`` with the same file."""
+rank with the job, and the video equals what ``vidpar generate --image`` makes of the same file (its
+``Pipeline.generate`` with the image read the same way, in this process)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,29 @@ import base64
 import numpy as np
 import pytest
 
-from cli_run import run_vidpar
 from serve_run import Service, download_frames, wait_status
 from test_pipeline_i2v import build_folder, make_image
 
 pytest.importorskip("diffusers")
 JOB = {"prompt": "a cat run on the green grass", "size": "48x32", "num_frames": 5, "steps": 2, "seed": 3,
        "format": "npy"}
+
+
+def _reference(folder, image_path):
+    """What ``vidpar generate --image`` makes (its ``Pipeline.generate`` on one process, float64)."""
+    import torch
+
+    from vidpar.cli.generate import read_image
+    from vidpar.pipeline import Pipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks run; several threads on a busy 2-core machine are far slower
+    try:
+        pipe = Pipeline.from_pretrained(str(folder), dtype=torch.float64)
+        return pipe.generate(JOB["prompt"], height=32, width=48, num_frames=5, num_steps=2, seed=3,
+                             image=read_image(str(image_path))).frames
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_image_to_video_as_base64_and_as_upload(tmp_path):
@@ -43,9 +60,5 @@ def test_image_to_video_as_base64_and_as_upload(tmp_path):
                 frames.append(download_frames(c, video["id"], tmp_path))
     finally:
         svc.stop()
-    ref = run_vidpar(["generate", "--model", str(folder), "--prompt", JOB["prompt"], "--image", str(image),
-                      "--height", "32", "--width", "48", "--frames", "5", "--steps", "2", "--seed", "3",
-                      "--dtype", "float64", "--no-progress", "--out", "ref.npy"], tmp_path, timeout=180)
-    assert ref.returncode == 0, ref.stdout
-    expected = np.load(tmp_path / "ref.npy")
+    expected = _reference(folder, image)
     assert np.array_equal(frames[0], expected) and np.array_equal(frames[1], expected)

@@ -54,7 +54,11 @@ def _rows(state) -> dict[str, tuple]:
 def _restart(state, tmp_path, n: int, **env) -> Service:
     """A new service on the same state folder (the test plays the supervisor: systemd, a Slurm requeue)."""
     svc = Service(state, nproc=2, args=("--timeout", "6"), log=tmp_path / f"run{n}.log", **env)
-    svc.wait_ready()
+    try:
+        svc.wait_ready()
+    except BaseException:
+        svc.kill()
+        raise
     return svc
 
 

@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # torchrun puts every rank in a session of its own
+                for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                    os.kill(int(child), signal.SIGKILL)
                 os.killpg(proc.pid, signal.SIGKILL)
         with sqlite3.connect(state / "jobs.sqlite") as db:
             rows = db.execute("SELECT status, attempts, COUNT(*) FROM jobs GROUP BY status, attempts").fetchall()

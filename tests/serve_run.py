@@ -86,8 +86,21 @@ class Service:
         finally:
             self.kill()
 
+    def _descendants(self, pid: int) -> list[int]:
+        try:
+            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except OSError:
+            return []
+        return children + [d for c in children for d in self._descendants(c)]
+
     def kill(self) -> None:
-        """Kill whatever is left of the process tree (every rank)."""
+        """Kill whatever is left of the process tree: torchrun starts every rank in a session of its own, so the
+        ranks are killed one by one, then the launcher's group."""
+        for pid in self._descendants(self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:

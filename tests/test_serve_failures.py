@@ -5,8 +5,7 @@
 2. ``kill -9`` of one rank mid-job: the service exits; restarted, it resumes the job from its snapshot and the
    video equals an uninterrupted run's;
 3. SIGTERM drains: the running job is snapshotted and requeued, the ranks exit 3; a new service on the same state
-   folder finishes it (again equal to an uninterrupted run) and the job queued behind it;
-4. an idle service outlives the collective timeout (the control channel's heartbeat).
+   folder finishes it (again equal to an uninterrupted run) and the job queued behind it.
 
 No job is lost and none completes twice. The test is the supervisor (as systemd or a Slurm requeue would be):
 torchrun's own ``--max-restarts`` cannot be used, because on torch 2.13 with gloo a restarted worker group hangs
@@ -18,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import time
 
 import numpy as np
 import pytest
@@ -53,7 +51,8 @@ def _rows(state) -> dict[str, tuple]:
 
 def _restart(state, tmp_path, n: int, **env) -> Service:
     """A new service on the same state folder (the test plays the supervisor: systemd, a Slurm requeue)."""
-    svc = Service(state, nproc=2, args=("--timeout", "6"), log=tmp_path / f"run{n}.log", **env)
+    # --timeout 15: the survivor of a rank that raised fails after 15 s (loading on a busy machine needs slack)
+    svc = Service(state, nproc=2, args=("--timeout", "15"), log=tmp_path / f"run{n}.log", **env)
     try:
         svc.wait_ready()
     except BaseException:
@@ -125,15 +124,11 @@ def test_failures_restarts_and_drain(tmp_path, reference):
             assert np.array_equal(download_frames(c, drained["id"], tmp_path), reference)
             assert wait_status(c, behind["id"])["status"] == "completed"
             assert "resuming from step" in svc.log, svc.log
-            # idle for longer than the collective timeout (6 s): the heartbeat keeps rank 1 from timing out
-            time.sleep(8)
-            idle = submit(c, seed=7)
-            assert wait_status(c, idle["id"])["status"] == "completed"
     finally:
         svc.stop()
     rows = _rows(state)
     expect = {bad["id"]: ("failed", 1), queued["id"]: ("completed", 1), long["id"]: ("completed", 2),
-              drained["id"]: ("completed", 2), behind["id"]: ("completed", 1), idle["id"]: ("completed", 1)}
+              drained["id"]: ("completed", 2), behind["id"]: ("completed", 1)}
     assert {k: v[:2] for k, v in rows.items()} == expect, rows
     videos = sorted(p.stem for p in (state / "videos").iterdir())
     assert videos == sorted(k for k, v in expect.items() if v[0] == "completed")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 
 import pytest
 
-from vidpar.serve.control import FAILED, INTERRUPTED, OK, Report, is_collective_failure
+from vidpar.serve.control import FAILED, IDLE, INTERRUPTED, JOB, OK, ControlChannel, Report, is_collective_failure
 from vidpar.serve.jobs import JobRecord, parse_store_location
 from vidpar.serve.protocol import RequestError, build_request, frames_for_seconds, parse_fields
 from vidpar.serve.sqlite_store import SqliteJobStore
@@ -152,3 +153,38 @@ def test_plan_throughput_subcommand(capsys):
     table = capsys.readouterr().out
     assert "R x G" in table and "4 x 1" in table and "1 x 4" in table and "p50 latency" in table
     assert main(["plan", "--model", "wan2.1-t2v-1.3b", "--gpus", "4", "--throughput", "--rate", "-1"]) == 2
+
+
+def heartbeat_task(env, timeout_s: float, idle_s: float, first_delay_s: float):
+    """Rank 0 ticks every 0.3 s for ``idle_s`` (after ``first_delay_s``); the others just wait in ``tick``."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    dist.barrier()  # arrive together: the group's short timeout also bounds connecting its ranks
+    channel = ControlChannel(env.rank, env.world_size, timedelta(seconds=timeout_s))
+    t0 = time.monotonic()
+    try:
+        if env.rank == 0:
+            time.sleep(first_delay_s)
+        while time.monotonic() - t0 < idle_s:
+            if env.rank == 0:
+                time.sleep(0.3)
+            assert channel.tick(IDLE, None, False) == (IDLE, None, False)
+        cmd, payload, stopping = channel.tick(JOB, {"id": "video_x", "text": "\u00e9"} if env.rank == 0 else None,
+                                              env.rank == 1)
+        reports = channel.agree(Report(OK if env.rank == 0 else FAILED, f"rank {env.rank} \u00e9", True,
+                                       memory=float(env.rank)))
+        return "ok", cmd, payload, stopping, [(r.kind, r.message, r.collective, r.memory) for r in reports]
+    except RuntimeError as e:
+        return "error", round(time.monotonic() - t0, 1), str(e)[:120]
+
+
+def test_control_channel_heartbeat_keeps_idle_ranks_alive_and_its_absence_times_out(pools):
+    # idle for 2.5x the group's timeout: the heartbeat keeps every rank alive; then a job and an agreement
+    for result in pools(2).run(heartbeat_task, 2.0, 5.0, 0.0):
+        assert result == ("ok", JOB, {"id": "video_x", "text": "\u00e9"}, True,
+                          [(OK, "rank 0 \u00e9", True, 0.0), (FAILED, "rank 1 \u00e9", True, 1.0)]), result
+    # without a heartbeat for longer than the timeout, the waiting rank fails (does not hang)
+    waited = pools(2).run(heartbeat_task, 2.0, 0.0, 4.5)[1]
+    assert waited[0] == "error" and waited[1] < 4.5, waited

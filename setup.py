@@ -21,7 +21,17 @@ setup(
             "peft",  # diffusers' LoRA loading: the reference for vidpar.lora
             "av",
             "tqdm",
+            # vidpar serve's tests: the service itself, a real PostgreSQL client, HTTP and OpenAI clients
+            "fastapi",
+            "uvicorn",
+            "python-multipart",
+            "psycopg[binary]",
+            "httpx",
+            "openai",
         ],
+        # vidpar serve: the HTTP service (multipart for the OpenAI client's uploads), PostgreSQL for replicas
+        # sharing one job store, httpx for clients and the load benchmark
+        "serve": ["fastapi", "uvicorn", "python-multipart", "psycopg[binary]", "httpx"],
         "video": ["av"],
         "text": ["transformers"],
         "flash": ["flash-attn"],

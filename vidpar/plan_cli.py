@@ -14,7 +14,8 @@ from vidpar.parallel.config import ParallelConfig
 from vidpar.planner.hardware import GPUS, LINKS, gpu_kind_from_name
 from vidpar.planner.search import LayoutPlan, auto_parallel_config, make_request, plan_layouts
 
-__all__ = ["add_plan_arguments", "auto_parallel_config", "auto_parallel_config_for", "format_plan", "run_plan"]
+__all__ = ["add_plan_arguments", "auto_parallel_config", "auto_parallel_config_for", "format_plan", "run_plan",
+           "run_throughput"]
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +43,18 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list of feasible layouts, best first")
     parser.add_argument("--include-rejected", action="store_true",
                         help="with --json: append the rejected layouts (their 'rejected' field says why)")
+    parser.add_argument("--throughput", action="store_true",
+                        help="compare R replicas x G GPUs (R x G = --gpus) serving a stream of requests: videos per "
+                             "hour and p50/p99 latency (see vidpar serve)")
+    parser.add_argument("--rate", type=float, default=None, metavar="VIDEOS_PER_HOUR",
+                        help="with --throughput: the request stream (default: 70%% of what one group of all GPUs "
+                             "can make)")
 
 
 def run_plan(args: argparse.Namespace) -> int:
     """Run ``vidpar plan``; returns the exit code (0: a feasible layout exists, 1: none, 2: bad arguments)."""
+    if args.throughput:
+        return run_throughput(args)
     try:
         req = make_request(
             args.model, args.height, args.width, args.frames, args.gpus,
@@ -67,6 +76,28 @@ def run_plan(args: argparse.Namespace) -> int:
     else:
         print(format_plan(req, ok, bad, args.top, dense))
     return 0 if ok else 1
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    """``vidpar plan --throughput``: replicas x GPUs compared for a request stream (see ``planner.throughput``)."""
+    from vidpar.planner.throughput import format_throughput, plan_throughput
+
+    try:
+        layouts, rate = plan_throughput(
+            args.model, args.height, args.width, args.frames, args.gpus, args.gpus_per_node or args.gpus,
+            rate_per_hour=args.rate, gpu=args.gpu, gpu_memory_gb=args.gpu_memory, intra_link=args.intra_link,
+            inter_link=args.inter_link, steps=args.steps, guidance=not args.no_guidance,
+            text_encoder_on_gpu=not args.text_encoder_cpu)
+    except ValueError as exc:
+        print(f"vidpar plan: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"rate_per_hour": rate, "layouts": [lay.to_dict() for lay in layouts]}, indent=1))
+    else:
+        title = (f"{args.model}: {args.width}x{args.height}, {args.frames} frames, {args.steps} steps on {args.gpus} x "
+                 f"{args.gpu}, {args.gpus_per_node or args.gpus} per node")
+        print(format_throughput(layouts, rate, title))
+    return 0 if any(lay.plan is not None for lay in layouts) else 1
 
 
 def format_plan(req, ok: list[LayoutPlan], bad: list[LayoutPlan], top: int = 10,

@@ -98,9 +98,11 @@ def test_cancel_a_queued_and_a_running_job(service, client):
     assert not (state / "checkpoints" / long["id"]).exists()  # its snapshot is gone with it
     after = wait_status(client, submit(client)["id"])  # every rank stopped together: the service goes on
     assert after["status"] == "completed"
+    assert (state / "videos" / f"{after['id']}.mp4.vidpar.json").is_file()
     assert client.delete(f"/v1/videos/{after['id']}").status_code == 200  # a finished job: deleted with its file
     assert client.get(f"/v1/videos/{after['id']}").status_code == 404
     assert not (state / "videos" / f"{after['id']}.mp4").exists()
+    assert not (state / "videos" / f"{after['id']}.mp4.vidpar.json").exists()  # and its output record
 
 
 def _cli_message(flags: list[str]) -> str:
@@ -135,7 +137,7 @@ def test_bad_requests_get_the_cli_messages_and_never_become_jobs(service, client
         r = client.post("/v1/videos", json={**TINY_JOB, **fields})
         assert r.status_code == 400 and r.json()["error"]["message"] == _cli_message(flags), (fields, r.text)
     cases = [
-        (400, {"prompt": "x" * 200}, "prompt too long for the text encoder (max 128 tokens incl. EOS)"),
+        (400, {"prompt": "x" * 200}, "prompt 0: 201 tokens incl. EOS, too long for the text encoder (max 128)"),
         (400, {"image": _png()}, "this is a text-to-video model: it takes no image"),
         (400, {"model": "sora-2"}, "model 'sora-2' is not served here; this service runs 'tiny'"),
         (400, {"size": "big"}, "size must be 'WIDTHxHEIGHT'"),

@@ -99,16 +99,23 @@ def lora_arg(value: str):
     return spec
 
 
-def debug_hooks(rank: int) -> list[tuple[str, object]]:
-    """The ``VIDPAR_DEBUG_*`` test hooks that apply to this rank, as ``("pre" | "post", hook)`` for the first
-    denoiser (usually none)."""
+def debug_hooks(rank: int, fail_spec: str | None) -> list[tuple[str, object]]:
+    """The ``VIDPAR_DEBUG_*`` test hooks that apply to this rank, as ``("pre" | "post", hook)`` (usually none);
+    ``fail_spec`` is the ``"RANK:N[:mode]"`` failure to inject, if any."""
     hooks = []
     if seconds := float(os.environ.get(DEBUG_SLOW_ENV) or 0):
         hooks.append(("pre", lambda _module, _inputs: time.sleep(seconds)))
-    spec = os.environ.get(DEBUG_FAIL_ENV)
-    if spec and int(spec.split(":")[0]) == rank:
-        hooks.append(failure_hook(spec))
+    if fail_spec and int(fail_spec.split(":")[0]) == rank:
+        hooks.append(failure_hook(fail_spec))
     return hooks
+
+
+def install_debug_hooks(modules: list, rank: int, fail_spec: str | None) -> None:
+    """Registers this rank's :func:`debug_hooks` on each of ``modules`` (the denoisers)."""
+    for kind, hook in debug_hooks(rank, fail_spec):
+        for module in modules:
+            register = module.register_forward_pre_hook if kind == "pre" else module.register_forward_hook
+            register(hook)
 
 
 def failure_hook(spec: str) -> tuple[str, object]:
@@ -191,9 +198,7 @@ def run_generate(args: argparse.Namespace) -> int:
                 pipe = Pipeline.from_pretrained(source, parallel=ctx, dtype=DTYPES[args.dtype],
                                                 attention_backend=args.attention_backend, vae_mode=args.vae_mode,
                                                 loras=args.lora)
-                for kind, hook in debug_hooks(rank):
-                    register = "register_forward_pre_hook" if kind == "pre" else "register_forward_hook"
-                    getattr(pipe.comps.denoisers()[0], register)(hook)
+                install_debug_hooks(pipe.comps.denoisers()[:1], rank, os.environ.get(DEBUG_FAIL_ENV))
                 log.info("loaded %s (%s) in %.1f s; %dx%d, %d frames, %d steps, guidance %g, %s shift %g", args.model,
                          pipe.dtype, time.perf_counter() - t0, args.width, args.height, args.frames, args.steps,
                          args.guidance_scale, args.scheduler, args.flow_shift)

@@ -26,6 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
+from vidpar.outputs import record_path
+
 from .jobs import FINISHED, QUEUED, RUNNING, JobRecord
 from .protocol import FORMATS, RequestError, build_request, error_body, parse_fields, video_object
 from .state import ServiceState
@@ -136,6 +138,7 @@ def create_app(state: ServiceState):
         if job.status in FINISHED:
             if job.output:
                 Path(job.output).unlink(missing_ok=True)
+                record_path(Path(job.output)).unlink(missing_ok=True)
             state.store.delete(video_id)
         else:
             job = state.store.cancel(video_id, time.time())

@@ -38,9 +38,8 @@ from vidpar.launch_env import apply_launch_env
 from .jobs import StoreLocation, open_store, parse_store_location
 
 API_KEY_ENV = "VIDPAR_API_KEY"
-# Test hooks (off unless set): seconds to sleep in every DiT forward; "RANK:N[:exit]" makes that rank raise (or die)
-# at its N-th DiT forward, only in the first start of a torchrun worker group (not after a restart).
-DEBUG_SLOW_ENV = "VIDPAR_DEBUG_SLOW"
+# Test hook (off unless set): "RANK:N[:exit]" makes that rank raise (or die) at its N-th DiT forward, only in the
+# first start of a torchrun worker group (not after a restart); VIDPAR_DEBUG_SLOW as for vidpar generate.
 DEBUG_FAIL_ENV = "VIDPAR_DEBUG_SERVE_FAIL"
 
 
@@ -136,19 +135,12 @@ def check_port(host: str, port: int) -> None:
 
 
 def install_debug_hooks(pipe, rank: int) -> None:
-    """The ``VIDPAR_DEBUG_*`` test hooks of this rank, as forward pre-hooks on the denoisers (usually none)."""
-    from vidpar.cli.generate import failure_hook
+    """The ``VIDPAR_DEBUG_*`` test hooks of this rank on the denoisers (usually none); the injected failure only in
+    the first start of a torchrun worker group (a restarted service must not fail again)."""
+    from vidpar.cli.generate import install_debug_hooks as install
 
-    hooks = []
-    if seconds := float(os.environ.get(DEBUG_SLOW_ENV) or 0):
-        hooks.append(lambda _module, _inputs: time.sleep(seconds))
-    spec = os.environ.get(DEBUG_FAIL_ENV)
     first_start = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    if spec and int(spec.split(":")[0]) == rank and first_start:
-        hooks.append(failure_hook(spec))
-    for dit in pipe.comps.denoisers():
-        for hook in hooks:
-            dit.register_forward_pre_hook(hook)
+    install(pipe.comps.denoisers(), rank, os.environ.get(DEBUG_FAIL_ENV) if first_start else None)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -98,11 +98,11 @@ def test_cancel_a_queued_and_a_running_job(service, client):
     assert not (state / "checkpoints" / long["id"]).exists()  # its snapshot is gone with it
     after = wait_status(client, submit(client)["id"])  # every rank stopped together: the service goes on
     assert after["status"] == "completed"
-    assert (state / "videos" / f"{after['id']}.mp4.vidpar.json").is_file()
+    files = [state / "videos" / f"{after['id']}.npy", state / "videos" / f"{after['id']}.npy.vidpar.json"]
+    assert all(f.is_file() for f in files)  # the video and its output record
     assert client.delete(f"/v1/videos/{after['id']}").status_code == 200  # a finished job: deleted with its file
     assert client.get(f"/v1/videos/{after['id']}").status_code == 404
-    assert not (state / "videos" / f"{after['id']}.mp4").exists()
-    assert not (state / "videos" / f"{after['id']}.mp4.vidpar.json").exists()  # and its output record
+    assert not any(f.exists() for f in files)
 
 
 def _cli_message(flags: list[str]) -> str:

@@ -10,8 +10,10 @@ request first, so a bad request is a ``ValueError`` everywhere before any collec
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 
+from vidpar.cache import CacheSession
 from vidpar.checkpoint import DenoiseCheckpoint, GenerationInterrupted, StopRequest
 from vidpar.models.family import LoadedModel, ModelCard, StepInfo, TensorSpec
 from vidpar.models.registry import check_source
@@ -29,6 +32,7 @@ from vidpar.schedulers import make_scheduler
 from vidpar.video import Video, to_uint8_frames
 
 MAX_SEED = 2**64 - 1
+log = logging.getLogger("vidpar")
 
 
 @dataclass(frozen=True)
@@ -251,11 +255,16 @@ class Pipeline:
         stop: StopRequest | None = None,
         progress: bool = False,
         image: dict[str, torch.Tensor] | None = None,
+        cache: CacheSession | None = None,
     ) -> torch.Tensor:
         """Run the sampler. latents ``[1, C, T, h, w]`` full on every rank; returns the final latents (after
         ``comps.finalize_latents``, e.g. the image latent imposed on frame 0 for Wan TI2V).
 
-        ``text``: ``encode_text``'s states; ``image``: ``encode_image``'s conditioning (or None)."""
+        ``text``: ``encode_text``'s states; ``image``: ``encode_image``'s conditioning (or None); ``cache``: a
+        step-cache session for this request, attached (``with cache.attached():``); its state is part of every
+        snapshot."""
+        if cache is not None and not cache.is_attached:
+            raise ValueError("denoise(cache=session) needs the session attached: with session.attached(): ...")
         req = self.resolve(req)
         sched = make_scheduler(req.scheduler, req.flow_shift)
         sched.set_timesteps(req.num_steps, device=self.ctx.device)
@@ -264,19 +273,25 @@ class Pipeline:
             start = int(state["step"])
             latents = state["latents"].to(device=latents.device, dtype=latents.dtype)
             sched.load_state_dict(_to_device(state["scheduler"], self.ctx.device))
+            if cache is not None:
+                cache.load_state_dict(state["extra"]["cache"])
         bar = _progress(req.num_steps, start) if progress and self.ctx.rank == 0 else None
         for i in range(start, req.num_steps):
             t = sched.timesteps[i]
             step = StepInfo(i, req.num_steps, t, sched.num_train_timesteps)
             scale = self.comps.guidance_scale(step, req.guidance_scale, req.guidance_scale_2)
+            if cache is not None:
+                cache.begin_step(step, self._branches(text, scale))
             with torch.no_grad():
-                flow = self._guided_flow(latents, step, text, image, scale)
+                flow = self._guided_flow(latents, step, text, image, scale, cache)
             latents = sched.step(flow, t, latents)
             if bar is not None:
                 bar.update(1)
             stopping = stop is not None and self._any_rank(stop.is_set())
-            if checkpoint is not None and (stopping or (i + 1) % checkpoint.every == 0) and self.ctx.rank == 0:
-                checkpoint.save(i + 1, latents, sched.state_dict())
+            if checkpoint is not None and (stopping or (i + 1) % checkpoint.every == 0):
+                extra = {"cache": cache.state_dict()} if cache is not None else None  # a collective
+                if self.ctx.rank == 0:
+                    checkpoint.save(i + 1, latents, sched.state_dict(), extra)
             if stopping:
                 if bar is not None:
                     bar.close()
@@ -285,11 +300,18 @@ class Pipeline:
             bar.close()
         return self.comps.finalize_latents(latents, image)
 
-    def _guided_flow(self, latents, step: StepInfo, text, image, scale: float) -> torch.Tensor:
+    def _branches(self, text, scale: float) -> tuple[str, ...]:
+        """The guidance branches a step evaluates: ``("cond",)`` for embedded guidance and scales <= 1."""
+        if self.card.guidance != "cfg" or scale <= 1.0 or len(text) == 1:
+            return ("cond",)
+        return ("cond", "uncond")
+
+    def _guided_flow(self, latents, step: StepInfo, text, image, scale: float,
+                     cache: CacheSession | None = None) -> torch.Tensor:
         """Classifier-free guidance; with cfg=2 the two branches run on the two cfg rank groups. Embedded-guidance
         models and scales <= 1 run the conditional branch alone."""
-        predict = self.comps.predict_flow
-        if self.card.guidance != "cfg" or scale <= 1.0 or len(text) == 1:
+        predict = self.comps.predict_flow if cache is None else cache.predictor(self.comps.predict_flow)
+        if len(self._branches(text, scale)) == 1:
             return predict(latents, step, text[0], image, scale)
         uncond = replace(step, branch="uncond")
         if self.ctx.config.cfg == 2:
@@ -341,6 +363,7 @@ class Pipeline:
         stop: StopRequest | None = None,
         progress: bool = False,
         image: Any = None,
+        cache: Any = None,
     ) -> Video:
         """Generate one clip. Same arguments on every rank; returns a ``Video`` (frames on rank 0 by default).
 
@@ -354,6 +377,11 @@ class Pipeline:
         ``checkpoint_dir``: snapshot latents + scheduler state every ``checkpoint_every`` steps and resume from an
         existing snapshot of the same request; ``stop`` (see ``StopRequest``) ends the run after the current step
         with ``GenerationInterrupted`` once any rank's flag is set.
+
+        ``cache``: step caching (``vidpar.cache``): a policy (``FBCache(0.08)``, ``TeaCache()``, ``MagCache()``,
+        ``TaylorSeer()``), a policy name, or ``(name, threshold)``; None (the default) runs every block of every
+        step. Its settings are part of a snapshot's key; ``video.metadata["cache"]`` says which steps and how
+        many blocks ran and were skipped.
         """
         if output not in ("rank0", "all"):
             raise ValueError(f"output must be 'rank0' or 'all', got {output!r}")
@@ -362,17 +390,25 @@ class Pipeline:
             scheduler, flow_shift,
         ))
         shape = self.validate(req, image)
+        session = CacheSession(cache, self.comps, self.ctx, req.num_steps) if cache is not None else None
         ckpt = None
         if checkpoint_dir is not None:
             key = {**asdict(req), "model": self.card.name}
             if image is not None:  # a snapshot must not be resumed with another image
                 key["image"] = self.comps.image_digest(image, req.height, req.width)
+            if session is not None:  # resuming with other cache settings would mix two generations
+                key["cache"] = session.settings
             ckpt = DenoiseCheckpoint(Path(checkpoint_dir), checkpoint_every, key)
         text = self.encode_text(req)
         cond = self.encode_image(image, req, shape) if image is not None else None
         latents = initial_noise(shape, req.seed, self.ctx.device, self.latent_dtype)
-        latents = self.denoise(latents, text, req, ckpt, stop, progress, cond)
+        with session.attached() if session is not None else nullcontext():
+            latents = self.denoise(latents, text, req, ckpt, stop, progress, cond, session)
         video = self.decode(latents, output)
+        if session is not None:
+            video.metadata["cache"] = session.summary()
+            if self.ctx.rank == 0:
+                log.info(session.describe())
         if ckpt is not None:
             ckpt_done_barrier(self.ctx)
             if self.ctx.rank == 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +37,14 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 @dataclass
 class Video:
-    """Frames of one clip. ``frames`` is uint8 ``[T, H, W, 3]``, or None on ranks that did not receive it."""
+    """Frames of one clip. ``frames`` is uint8 ``[T, H, W, 3]``, or None on ranks that did not receive it.
+
+    ``metadata``: facts about how it was made, identical on every rank (e.g. ``"cache"``: the steps and blocks a
+    step-cache policy ran and skipped, see ``vidpar.cache.CacheSession.summary``)."""
 
     frames: np.ndarray | None
     fps: int = 16
+    metadata: dict = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike, fps: int | None = None) -> Path:
         """Write ``.mp4`` (H.264 via PyAV or imageio-ffmpeg), ``.npy`` (raw uint8) or a folder of PNGs.

@@ -24,6 +24,7 @@ from vidpar.checkpoint import REQUEUE_EXIT_CODE, GenerationInterrupted, StopRequ
 from vidpar.launch_env import apply_launch_env
 from vidpar.video import check_output_path
 
+from .cache_args import add_cache_arguments, cache_policy
 from .common import (
     DTYPES, EXIT_FAILED, EXIT_OK, VAE_MODES, UsageError, add_model_arguments, check_model, finish_distributed,
     parallel_config, report_failure, setup_logging, timeout_of, usage_error,
@@ -64,6 +65,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                              "resumes, and skips prompts whose output already exists")
     parser.add_argument("--checkpoint-every", type=int, default=1, metavar="K", help="snapshot every K steps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cache_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ def plan_jobs(args: argparse.Namespace, world_size: int):
     args.guidance_scale, args.guidance_scale_2 = req.guidance_scale, req.guidance_scale_2
     args.scheduler, args.flow_shift, args.negative_prompt = req.scheduler, req.flow_shift, req.negative_prompt
     args.fps = args.fps or card.defaults.fps
+    args.cache_policy = cache_policy(args)
     config = parallel_config(args, world_size, source, (args.height, args.width, args.frames))
     timeout_of(args)
     prompts = read_prompts(args)
@@ -276,6 +279,7 @@ def run_job(pipe, job: Job, args: argparse.Namespace, stop: StopRequest, log: lo
         seed=args.seed, scheduler=args.scheduler, flow_shift=args.flow_shift, output="rank0",
         checkpoint_dir=job.checkpoint_dir, checkpoint_every=args.checkpoint_every, stop=stop,
         progress=not args.no_progress, image=read_image(args.image) if args.image else None,
+        cache=args.cache_policy,
     )
     if pipe.ctx.rank == 0:
         video.save(job.out, fps=args.fps)

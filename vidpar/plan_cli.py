@@ -34,6 +34,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inter-link", default="ib-ndr", choices=sorted(LINKS), help="link between nodes")
     parser.add_argument("--no-guidance", action="store_true", help="no classifier-free guidance (one branch)")
     parser.add_argument("--text-encoder-cpu", action="store_true", help="umT5 runs on the CPU (no GPU memory)")
+    parser.add_argument("--cache-skip-ratio", type=float, default=0.0, metavar="R",
+                        help="share of the DiT's block forwards a step-cache policy skips, in [0, 1) (a run's "
+                             "blocks_skipped / blocks_total; default 0)")
     parser.add_argument("--top", type=int, default=10, help="feasible layouts shown in the table (default 10)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of feasible layouts, best first")
     parser.add_argument("--include-rejected", action="store_true",
@@ -48,6 +51,7 @@ def run_plan(args: argparse.Namespace) -> int:
             args.gpus_per_node or args.gpus, gpu=args.gpu, gpu_memory_gb=args.gpu_memory,
             intra_link=args.intra_link, inter_link=args.inter_link, steps=args.steps,
             guidance=not args.no_guidance, text_encoder_on_gpu=not args.text_encoder_cpu,
+            skip_ratio=args.cache_skip_ratio,
         )
         ok, bad = plan_layouts(req)
     except ValueError as exc:
@@ -67,7 +71,8 @@ def format_plan(req, ok: list[LayoutPlan], bad: list[LayoutPlan], top: int = 10)
     lines = [
         f"{req.model.name}: {req.width}x{req.height}, {req.frames} frames, {req.steps} steps"
         f"{'' if req.guidance else ', no guidance'} on {c.gpus} x {c.gpu.name} ({req.gpu_memory_gb:.0f} GB), "
-        f"{c.gpus_per_node} per node, {c.intra_link} / {c.inter_link}",
+        f"{c.gpus_per_node} per node, {c.intra_link} / {c.inter_link}"
+        + (f"; step cache skipping {req.cache.skip_ratio:.0%} of block forwards" if req.cache.skip_ratio else ""),
         "",
         f"{'#':>3} {'ulysses':>7} {'ring':>4} {'cfg':>3} {'fsdp':>4} {'vae':>6} {'step s':>8} {'total s':>8} "
         f"{'comm GB/step':>12} {'exp.comm':>8} {'peak GB':>7} {'eff.':>5}",

@@ -238,3 +238,49 @@ def test_cache_errors_come_before_any_work():
     with pytest.raises(ValueError, match="leaves none"):
         pipe.generate(**REQUEST, cache=FBCache(probe_blocks=2))
     assert math.isfinite(pipe.generate(**REQUEST, cache=("teacache", 0.2)).metadata["cache"]["steps"])
+
+
+# ---- interface: CLI flags and the planner
+
+def test_cli_flags_build_the_policy_or_refuse(tmp_path):
+    from vidpar.cli import build_parser
+    from vidpar.cli.common import UsageError
+    from vidpar.cli.generate import plan_jobs
+
+    def planned(*flags):
+        ns = build_parser().parse_args(["generate", "--model", "tiny", "--prompt", "x", "--out",
+                                        str(tmp_path / "v.npy"), *flags])
+        plan_jobs(ns, 1)
+        return ns.cache_policy
+
+    assert planned() is None
+    assert planned("--cache", "fbcache", "--cache-threshold", "0.2", "--cache-warmup", "3") == FBCache(
+        0.2, guard=CacheGuard(warmup_steps=3))
+    assert planned("--cache", "taylorseer", "--cache-interval", "3") == TaylorSeer(interval=3)
+    for flags, message in ((("--cache-threshold", "0.2"), "need --cache"),
+                           (("--cache", "taylorseer", "--cache-threshold", "0.1"), "takes no threshold"),
+                           (("--cache", "fbcache", "--cache-threshold", "-1"), "threshold"),
+                           (("--cache", "teacache", "--cache-interval", "3"), "takes no interval")):
+        with pytest.raises(UsageError, match=message):
+            planned(*flags)
+
+
+def test_cli_generate_logs_what_the_cache_skipped(tmp_path):
+    from cli_run import TINY, run_vidpar
+
+    res = run_vidpar(["generate", *TINY, "--steps", "8", "--out", "v.npy", "--cache", "fbcache",
+                      "--cache-threshold", "0.3"], tmp_path)
+    assert res.returncode == 0, res.stdout
+    assert "step cache fbcache:" in res.stdout and "skipped" in res.stdout, res.stdout
+
+
+def test_planner_takes_the_expected_skip_ratio():
+    from vidpar.planner import StepCacheEstimate, make_request, plan_layouts
+
+    base = plan_layouts(make_request("wan2.1-t2v-1.3b", 480, 832, 81, 2, 2))[0][0]
+    cached = plan_layouts(make_request("wan2.1-t2v-1.3b", 480, 832, 81, 2, 2, skip_ratio=0.5))[0][0]
+    assert cached.step_time_s == base.step_time_s
+    assert cached.denoise_time_s == pytest.approx(0.5 * base.denoise_time_s)
+    assert StepCacheEstimate.from_metadata({"blocks_skipped": 30, "blocks_total": 120}).skip_ratio == 0.25
+    with pytest.raises(ValueError, match="skip_ratio"):
+        make_request("wan2.1-t2v-1.3b", 480, 832, 81, 2, 2, skip_ratio=1.0)

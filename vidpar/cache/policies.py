@@ -63,15 +63,17 @@ class FBCache(StepCachePolicy):
 
     Every step runs the first ``probe_blocks`` blocks; when the relative L1 change of their residual
     (``mean|r_t - r_c| / mean|r_c|``, ``r_c`` of the last computed step) is under ``threshold``, the other blocks
-    are skipped and their cached residual is added instead. Defaults: cache-dit's ``DBCacheConfig``
-    (``residual_diff_threshold=0.08``, ``max_warmup_steps=8``, no cap: ``max_continuous_cached_steps=-1``) with
-    ``F1`` (one probe block, ParaAttention's FBCache); the 8 warm-up steps are scaled as 8 of 50 steps (16%) so
-    that short schedules still cache.
+    are skipped and their cached residual is added instead. Defaults: the model's ``fbcache_threshold`` if its
+    profile has one, else cache-dit's ``DBCacheConfig`` (``residual_diff_threshold=0.08``,
+    ``max_warmup_steps=8``, no cap: ``max_continuous_cached_steps=-1``) with ``F1`` (one probe block,
+    ParaAttention's FBCache); the 8 warm-up steps are scaled as 8 of 50 steps (16%) so that short schedules
+    still cache.
     """
 
     name: ClassVar[str] = "fbcache"
-    threshold: float = 0.08
+    threshold: float | None = None
     probe_blocks: int = 1
+    DEFAULT_THRESHOLD: ClassVar[float] = 0.08
 
     def __post_init__(self) -> None:
         _check_threshold(self.threshold)
@@ -85,7 +87,11 @@ class FBCache(StepCachePolicy):
         if self.probe_blocks >= num_blocks:
             raise ValueError(f"fbcache probe_blocks={self.probe_blocks} leaves none of the denoiser's "
                              f"{num_blocks} blocks to skip")
-        return FirstBlockRule(self.threshold, self.probe_blocks), self.resolve_guard(profile, num_steps)
+        threshold = self.threshold
+        if threshold is None:
+            threshold = profile.fbcache_threshold if profile.fbcache_threshold is not None else \
+                self.DEFAULT_THRESHOLD
+        return FirstBlockRule(threshold, self.probe_blocks), self.resolve_guard(profile, num_steps)
 
     def _rule_settings(self, rule):
         return {"threshold": rule.threshold, "probe_blocks": rule.probe_blocks}
@@ -182,17 +188,21 @@ class TaylorSeer(StepCachePolicy):
 
     The blocks run every ``interval`` steps; in between, the residual is extrapolated from finite differences of
     the computed ones (``order`` 1: linear). The schedule depends on the step index alone (identical on every rank
-    by construction). Defaults: TaylorSeer-Wan2.1's ``cache_init`` (``fresh_threshold=5``, ``max_order=1``,
-    ``first_enhance=1``: one warm-up step).
+    by construction). Defaults: the model's ``taylorseer_interval`` if its profile has one, else
+    TaylorSeer-Wan2.1's ``cache_init`` (``fresh_threshold=5``, ``max_order=1``, ``first_enhance=1``: one warm-up
+    step).
     """
 
     name: ClassVar[str] = "taylorseer"
-    interval: int = 5
+    interval: int | None = None
     order: int = 1
+    DEFAULT_INTERVAL: ClassVar[int] = 5
 
     def __post_init__(self) -> None:
         for key, low in (("interval", 2), ("order", 0)):
             value = getattr(self, key)
+            if value is None and key == "interval":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"taylorseer {key} must be an int >= {low}, got {value!r}")
         if self.guard.max_skips is not None:
@@ -201,14 +211,19 @@ class TaylorSeer(StepCachePolicy):
     def default_warmup(self, num_steps: int) -> int:
         return 1
 
+    def interval_for(self, profile: CacheProfile) -> int:
+        if self.interval is not None:
+            return self.interval
+        return profile.taylorseer_interval or self.DEFAULT_INTERVAL
+
     def default_max_skips(self, profile):
-        return self.interval - 1
+        return self.interval_for(profile) - 1
 
     def bind(self, profile, num_steps, num_blocks):
         return TaylorRule(self.order), self.resolve_guard(profile, num_steps)
 
     def _rule_settings(self, rule):
-        return {"interval": self.interval, "order": self.order}
+        return {"order": self.order}
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,9 @@ class CacheProfile:
     magcache_ratios: tuple[float, ...] | None = None
     magcache_threshold: float | None = None
     magcache_max_skips: int | None = None
+    # Per-model defaults of the policies that need no calibration (None: the policy's published default).
+    fbcache_threshold: float | None = None
+    taylorseer_interval: int | None = None
 
 
 class LoadedModel(ABC):

@@ -14,6 +14,10 @@ Sources (numbers copied as published; the code using them is vidpar's own):
 Only Wan 2.1 is covered: the checkpoints are recognised from the DiT config (1.3B: dim 1536 x 30 layers; 14B: dim
 5120 x 40 layers; I2V: an image embedding). I2V 480P and 720P share one architecture, so the checkpoint name picks
 (720P if it says so, else 480P). Wan 2.2 (two experts, or TI2V-5B) has no profile here.
+
+The built-in ``tiny-shapes`` model has vidpar's own calibration (``benchmarks/step_cache.py --calibrate``: 8
+training prompts, its 20-step default sampling) and per-model defaults chosen on training prompts
+(``--sweep``); the held-out prompts stay for the adherence score.
 """
 
 from __future__ import annotations
@@ -63,6 +67,15 @@ MAGCACHE_SETTINGS = {  # (threshold, K)
 }
 
 
+TINY_SHAPES = CacheProfile(
+    source="vidpar calibration of tiny-shapes (8 training prompts, 20 steps)",
+    magcache_ratios=(1.0, 1.01286, 0.98832, 0.98019, 0.97418, 0.97477, 0.97814, 0.97398, 0.96348, 0.96604,
+                     0.95821, 0.9505, 0.95093, 0.938, 0.93173, 0.91631, 0.90327, 0.87417, 0.84325, 0.79669),
+    teacache_coefficients=(-15918.566144520439, 5399.007099112349, -655.5179954998383, 35.60282910213252,
+                           -0.6350250737606432),
+)
+
+
 def wan21_variant(config: WanTransformerConfig, name: str = "") -> str | None:
     """``"t2v-1.3B"``, ``"t2v-14B"``, ``"i2v-14B-480P"``, ``"i2v-14B-720P"`` or None (no published calibration)."""
     if config.image_pos_embed_len is not None:  # FLF2V
@@ -77,7 +90,9 @@ def wan21_variant(config: WanTransformerConfig, name: str = "") -> str | None:
 
 
 def wan_cache_profile(config: WanTransformerConfig, name: str = "", experts: int = 1) -> CacheProfile:
-    """The published calibrations of a Wan 2.1 DiT (an empty profile for other Wan checkpoints)."""
+    """The published calibrations of a Wan 2.1 DiT, vidpar's of ``tiny-shapes`` (an empty profile otherwise)."""
+    if name == "tiny-shapes":
+        return TINY_SHAPES
     variant = None if experts > 1 else wan21_variant(config, name)
     if variant is None:
         return CacheProfile()

@@ -171,6 +171,8 @@ def test_wan_profiles_from_configs():
     assert wan21_variant(i2v, "/ckpt/Wan2.1-I2V-14B-720P-Diffusers") == "i2v-14B-720P"
     assert wan_cache_profile(WanTransformerConfig.preset("wan2.1-t2v-14b"), experts=2) == CacheProfile()
     assert wan21_variant(WanTransformerConfig(dim=48, num_heads=3, num_layers=2, ffn_dim=96)) is None
+    shapes = wan_cache_profile(WanTransformerConfig(dim=128, num_heads=4, num_layers=4, ffn_dim=384), "tiny-shapes")
+    assert len(shapes.magcache_ratios) == 20 and len(shapes.teacache_coefficients) == 5  # vidpar's calibration
 
 
 class _Add(torch.nn.Module):

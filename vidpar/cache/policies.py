@@ -32,7 +32,7 @@ class StepCachePolicy:
     name: ClassVar[str] = ""
     guard: CacheGuard = field(default_factory=CacheGuard, kw_only=True)  # keyword-only: FBCache(0.1) is a threshold
 
-    def default_warmup(self, num_steps: int) -> int:
+    def default_warmup(self, num_steps: int, profile: CacheProfile) -> int:
         raise NotImplementedError
 
     def default_max_skips(self, profile: CacheProfile) -> int | None:
@@ -40,7 +40,7 @@ class StepCachePolicy:
 
     def resolve_guard(self, profile: CacheProfile, num_steps: int) -> ResolvedGuard:
         g = self.guard
-        warmup = self.default_warmup(num_steps) if g.warmup_steps is None else g.warmup_steps
+        warmup = self.default_warmup(num_steps, profile) if g.warmup_steps is None else g.warmup_steps
         max_skips = self.default_max_skips(profile) if g.max_skips is None else g.max_skips
         return ResolvedGuard(warmup, max_skips, g.final_steps)
 
@@ -80,7 +80,7 @@ class FBCache(StepCachePolicy):
         if isinstance(self.probe_blocks, bool) or not isinstance(self.probe_blocks, int) or self.probe_blocks < 1:
             raise ValueError(f"probe_blocks must be an int >= 1, got {self.probe_blocks!r}")
 
-    def default_warmup(self, num_steps: int) -> int:
+    def default_warmup(self, num_steps: int, profile: CacheProfile) -> int:
         return max(1, round(num_steps * 8 / 50))
 
     def bind(self, profile, num_steps, num_blocks):
@@ -121,7 +121,7 @@ class TeaCache(StepCachePolicy):
                 isinstance(c, (int, float)) and math.isfinite(c) for c in self.coefficients)):
             raise ValueError(f"coefficients must be finite numbers (highest power first), got {self.coefficients}")
 
-    def default_warmup(self, num_steps: int) -> int:
+    def default_warmup(self, num_steps: int, profile: CacheProfile) -> int:
         return max(1, round(num_steps * 5 / 50))
 
     def bind(self, profile, num_steps, num_blocks):
@@ -161,7 +161,7 @@ class MagCache(StepCachePolicy):
                 isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in self.ratios)):
             raise ValueError("ratios must be positive finite numbers, one per calibrated step")
 
-    def default_warmup(self, num_steps: int) -> int:
+    def default_warmup(self, num_steps: int, profile: CacheProfile) -> int:
         return int(num_steps * 0.2)  # retention_ratio=0.2, as the reference rounds (down)
 
     def default_max_skips(self, profile):
@@ -188,9 +188,9 @@ class TaylorSeer(StepCachePolicy):
 
     The blocks run every ``interval`` steps; in between, the residual is extrapolated from finite differences of
     the computed ones (``order`` 1: linear). The schedule depends on the step index alone (identical on every rank
-    by construction). Defaults: the model's ``taylorseer_interval`` if its profile has one, else
-    TaylorSeer-Wan2.1's ``cache_init`` (``fresh_threshold=5``, ``max_order=1``, ``first_enhance=1``: one warm-up
-    step).
+    by construction). Defaults: the model's ``taylorseer_interval`` and ``taylorseer_warmup`` if its profile has
+    them, else TaylorSeer-Wan2.1's ``cache_init`` (``fresh_threshold=5``, ``max_order=1``, ``first_enhance=1``: one
+    warm-up step).
     """
 
     name: ClassVar[str] = "taylorseer"
@@ -208,7 +208,9 @@ class TaylorSeer(StepCachePolicy):
         if self.guard.max_skips is not None:
             raise ValueError("taylorseer skips interval - 1 steps in a row by design; set interval, not max_skips")
 
-    def default_warmup(self, num_steps: int) -> int:
+    def default_warmup(self, num_steps: int, profile: CacheProfile) -> int:
+        if profile.taylorseer_warmup is not None:
+            return max(1, round(num_steps * profile.taylorseer_warmup))
         return 1
 
     def interval_for(self, profile: CacheProfile) -> int:
@@ -232,7 +234,7 @@ class Calibration(StepCachePolicy):
 
     name: ClassVar[str] = "calibration"
 
-    def default_warmup(self, num_steps: int) -> int:
+    def default_warmup(self, num_steps: int, profile: CacheProfile) -> int:
         return 0
 
     def bind(self, profile, num_steps, num_blocks):

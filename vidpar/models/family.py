@@ -187,6 +187,7 @@ class CacheProfile:
     # Per-model defaults of the policies that need no calibration (None: the policy's published default).
     fbcache_threshold: float | None = None
     taylorseer_interval: int | None = None
+    taylorseer_warmup: float | None = None  # share of the steps always computed first
 
 
 class LoadedModel(ABC):

@@ -73,6 +73,14 @@ TINY_SHAPES = CacheProfile(
                      0.95821, 0.9505, 0.95093, 0.938, 0.93173, 0.91631, 0.90327, 0.87417, 0.84325, 0.79669),
     teacache_coefficients=(-15918.566144520439, 5399.007099112349, -655.5179954998383, 35.60282910213252,
                            -0.6350250737606432),
+    # Chosen on 8 training prompts (benchmarks/step_cache.py --sweep): the largest FBCache/TeaCache threshold tried
+    # that kept every prompt adherent with a min PSNR near 40 dB; TaylorSeer every 3rd step after 20% warm-up (with
+    # its published single warm-up step one prompt lost its motion at any interval); MagCache keeps its published
+    # 0.12 / K 2 / 20% (8 of 8 there too).
+    teacache_threshold=0.1,
+    fbcache_threshold=0.12,
+    taylorseer_interval=3,
+    taylorseer_warmup=0.2,
 )
 
 

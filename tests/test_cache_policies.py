@@ -13,7 +13,7 @@ import torch
 from vidpar.cache import CacheGuard, FBCache, MagCache, TaylorSeer, TeaCache, as_policy, make_policy
 from vidpar.cache.guard import ResolvedGuard
 from vidpar.cache.rules import (
-    FirstBlockRule, MagCacheRule, TeaCacheRule, nearest_interp, polynomial, taylor_predict, taylor_update,
+    FirstBlockRule, TeaCacheRule, nearest_interp, polynomial, taylor_predict, taylor_update,
 )
 from vidpar.models.block_loop import BlockLoop, Stream
 from vidpar.models.family import CacheProfile
@@ -145,7 +145,8 @@ def test_nearest_interp_as_the_reference():
         assert nearest_interp(src, n) == tuple(ref)
 
 
-def test_taylor_extrapolation_is_exact_on_polynomials():
+def test_taylor_extrapolation():
+    """Order 1 is exact for a residual linear in the step index; order 2 improves on reuse for a quadratic one."""
     f = lambda s: 3.0 - 0.5 * s  # noqa: E731 - a residual linear in the step index
     factors = None
     prev = None

@@ -37,7 +37,7 @@ setup(
         "flash": ["flash-attn"],
         "xformers": ["xformers"],
         "deepspeed": ["deepspeed"],
-        "peers": ["deepspeed", "yunchang"],  # cross-checks and benchmarks against other implementations
+        "peers": ["deepspeed", "yunchang", "cache-dit"],  # cross-checks and benchmarks against other implementations
     },
     entry_points={"console_scripts": ["vidpar=vidpar.cli:main"]},
 )

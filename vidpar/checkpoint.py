@@ -80,8 +80,10 @@ class DenoiseCheckpoint:
     def request_key(self) -> str:
         return hashlib.sha256(json.dumps(self.request, sort_keys=True, default=str).encode()).hexdigest()
 
-    def save(self, step: int, latents: torch.Tensor, scheduler_state: dict) -> Path:
-        """Write atomically (temporary file + rename): a crash mid-write leaves the previous snapshot intact."""
+    def save(self, step: int, latents: torch.Tensor, scheduler_state: dict, extra: dict | None = None) -> Path:
+        """Write atomically (temporary file + rename): a crash mid-write leaves the previous snapshot intact.
+
+        ``extra``: more state of the same step (e.g. ``{"cache": ...}``, a step-cache session's), saved as is."""
         self.folder.mkdir(parents=True, exist_ok=True)
         state = {
             "request_key": self.request_key,
@@ -90,6 +92,8 @@ class DenoiseCheckpoint:
             "latents": latents.detach().cpu(),
             "scheduler": scheduler_state,
         }
+        if extra:
+            state["extra"] = extra
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{SNAPSHOT}.")
         os.close(fd)
         try:

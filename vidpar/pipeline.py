@@ -10,8 +10,10 @@ request first, so a bad request is a ``ValueError`` everywhere before any collec
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from vidpar.cache import CacheSession
 from vidpar.checkpoint import DenoiseCheckpoint, GenerationInterrupted, StopRequest
 from vidpar.checkpoint_lock import hold_checkpoint_dir
 from vidpar.models.family import LoadedModel, ModelCard, StepInfo, TensorSpec
@@ -33,6 +36,7 @@ from vidpar.step_guard import non_finite_error, step_flags
 from vidpar.video import Video, to_uint8_frames
 
 MAX_SEED = 2**64 - 1
+log = logging.getLogger("vidpar")
 
 
 @dataclass(frozen=True)
@@ -307,12 +311,16 @@ class Pipeline:
         progress: bool = False,
         image: dict[str, torch.Tensor] | None = None,
         sparse: Sequence[Any] = (),
+        cache: CacheSession | None = None,
     ) -> torch.Tensor:
         """Run the sampler. latents ``[1, C, T, h, w]`` full on every rank; returns the final latents (after
         ``comps.finalize_latents``, e.g. the image latent imposed on frame 0 for Wan TI2V).
 
         ``text``: ``encode_text``'s states; ``image``: ``encode_image``'s conditioning (or None); ``sparse``: the
-        sparse-attention handles to switch per step (dense warm-up and final steps)."""
+        sparse-attention handles to switch per step (dense warm-up and final steps); ``cache``: a step-cache session
+        for this request, attached (``with cache.attached():``); its state is part of every snapshot."""
+        if cache is not None and not cache.is_attached:
+            raise ValueError("denoise(cache=session) needs the session attached: with session.attached(): ...")
         req = self.resolve(req)
         sched = make_scheduler(req.scheduler, req.flow_shift)
         sched.set_timesteps(req.num_steps, device=self.ctx.device)
@@ -321,6 +329,8 @@ class Pipeline:
             start = int(state["step"])
             latents = state["latents"].to(device=latents.device, dtype=latents.dtype)
             sched.load_state_dict(_to_device(state["scheduler"], self.ctx.device))
+            if cache is not None:
+                cache.load_state_dict(state["extra"]["cache"])
         bar = _progress(req.num_steps, start) if progress and self.ctx.rank == 0 else None
         for i in range(start, req.num_steps):
             t = sched.timesteps[i]
@@ -328,8 +338,10 @@ class Pipeline:
             scale = self.comps.guidance_scale(step, req.guidance_scale, req.guidance_scale_2)
             for handle in sparse:
                 handle.set_step(i, req.num_steps)
+            if cache is not None:
+                cache.begin_step(step, self._branches(text, scale))
             with torch.no_grad():
-                flow = self._guided_flow(latents, step, text, image, scale)
+                flow = self._guided_flow(latents, step, text, image, scale, cache)
             latents = sched.step(flow, t, latents)
             if bar is not None:
                 bar.update(1)
@@ -337,7 +349,9 @@ class Pipeline:
             if broken:
                 raise non_finite_error(i + 1, req.num_steps, scale, req.flow_shift)
             if checkpoint is not None and (stopping or (i + 1) % checkpoint.every == 0):
-                ctx_agree(self.ctx, lambda: checkpoint.save(i + 1, latents, sched.state_dict()), only_rank0=True)
+                extra = {"cache": cache.state_dict()} if cache is not None else None  # a collective: every rank
+                ctx_agree(self.ctx, lambda: checkpoint.save(i + 1, latents, sched.state_dict(), extra),
+                          only_rank0=True)
             if stopping:
                 if bar is not None:
                     bar.close()
@@ -346,11 +360,18 @@ class Pipeline:
             bar.close()
         return self.comps.finalize_latents(latents, image)
 
-    def _guided_flow(self, latents, step: StepInfo, text, image, scale: float) -> torch.Tensor:
+    def _branches(self, text, scale: float) -> tuple[str, ...]:
+        """The guidance branches a step evaluates: ``("cond",)`` for embedded guidance and scales <= 1."""
+        if self.card.guidance != "cfg" or scale <= 1.0 or len(text) == 1:
+            return ("cond",)
+        return ("cond", "uncond")
+
+    def _guided_flow(self, latents, step: StepInfo, text, image, scale: float,
+                     cache: CacheSession | None = None) -> torch.Tensor:
         """Classifier-free guidance; with cfg=2 the two branches run on the two cfg rank groups. Embedded-guidance
         models and scales <= 1 run the conditional branch alone."""
-        predict = self.comps.predict_flow
-        if self.card.guidance != "cfg" or scale <= 1.0 or len(text) == 1:
+        predict = self.comps.predict_flow if cache is None else cache.predictor(self.comps.predict_flow)
+        if len(self._branches(text, scale)) == 1:
             return predict(latents, step, text[0], image, scale)
         uncond = replace(step, branch="uncond")
         if self.ctx.config.cfg == 2:
@@ -417,6 +438,7 @@ class Pipeline:
         image: Any = None,
         sparse_attention: Any = None,
         memory_check: bool = True,
+        cache: Any = None,
     ) -> Video:
         """Generate one clip. Same arguments on every rank; returns a ``Video`` (frames on rank 0 by default).
 
@@ -439,6 +461,11 @@ class Pipeline:
         ``sparse_attention``: structured sparse self-attention for this generation (``vidpar.parallel.sparse.
         SparseAttention`` or its CLI spec, e.g. ``"window"``, ``"radial:decay_factor=0.2"``, ``"svg"``), exact to its
         own mask on every mesh; None (default): dense, bit-identical to no sparsity.
+
+        ``cache``: step caching (``vidpar.cache``): a policy (``FBCache(0.08)``, ``TeaCache()``, ``MagCache()``,
+        ``TaylorSeer()``), a policy name, or ``(name, threshold)``; None (the default) runs every block of every
+        step. Its settings are part of a snapshot's key; ``video.metadata["cache"]`` says which steps and how
+        many blocks ran and were skipped.
         """
         if output not in ("rank0", "all"):
             raise ValueError(f"output must be 'rank0' or 'all', got {output!r}")
@@ -448,6 +475,7 @@ class Pipeline:
         ))
         shape = self.validate(req, image)
         sparse = _sparse_config(sparse_attention)
+        session = CacheSession(cache, self.comps, self.ctx, req.num_steps) if cache is not None else None
         if memory_check:
             check_fits(self.card, req, self.ctx, self.dtype, self.vae_mode, self.fsdp)
         image_key = self.comps.image_digest(image, req.height, req.width) if image is not None else None
@@ -459,6 +487,8 @@ class Pipeline:
             extras["loras"] = self._loras.digest
         if image_key is not None:  # a snapshot must not be resumed with another image
             extras["image"] = image_key
+        if session is not None:  # resuming with other cache settings would mix two generations
+            extras["cache"] = session.settings
         record["request"].update(extras)
         ckpt = None
         if checkpoint_dir is not None:
@@ -470,11 +500,17 @@ class Pipeline:
             latents = initial_noise(shape, req.seed, self.ctx.device, self.latent_dtype)
             handles = self._enable_sparse(sparse)
             try:
-                latents = self.denoise(latents, text, req, ckpt, stop, progress, cond, sparse=handles)
+                with session.attached() if session is not None else nullcontext():
+                    latents = self.denoise(latents, text, req, ckpt, stop, progress, cond, sparse=handles,
+                                           cache=session)
             finally:
                 for h in handles:
                     h.remove()
             video = self.decode(latents, output)
+            if session is not None:
+                video.metadata["cache"] = record["cache"] = session.summary()
+                if self.ctx.rank == 0:
+                    log.info(session.describe())
             if ckpt is not None:
                 ckpt_done_barrier(self.ctx)
                 if self.ctx.rank == 0:

@@ -39,6 +39,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparse-attention", default=None, metavar="PATTERN[:key=value,...]",
                         help="plan with structured sparse attention (window, radial, svg; as 'vidpar generate'); "
                              "the report compares the best layout with dense attention")
+    parser.add_argument("--cache-skip-ratio", type=float, default=0.0, metavar="R",
+                        help="share of the DiT's block forwards a step-cache policy skips, in [0, 1) (a run's "
+                             "blocks_skipped / blocks_total; default 0)")
     parser.add_argument("--top", type=int, default=10, help="feasible layouts shown in the table (default 10)")
     parser.add_argument("--json", action="store_true", help="print a JSON list of feasible layouts, best first")
     parser.add_argument("--include-rejected", action="store_true",
@@ -61,7 +64,7 @@ def run_plan(args: argparse.Namespace) -> int:
             args.gpus_per_node or args.gpus, gpu=args.gpu, gpu_memory_gb=args.gpu_memory,
             intra_link=args.intra_link, inter_link=args.inter_link, steps=args.steps,
             guidance=not args.no_guidance, text_encoder_on_gpu=not args.text_encoder_cpu,
-            sparse=args.sparse_attention,
+            sparse=args.sparse_attention, skip_ratio=args.cache_skip_ratio,
         )
         ok, bad = plan_layouts(req)
         dense = None
@@ -108,7 +111,8 @@ def format_plan(req, ok: list[LayoutPlan], bad: list[LayoutPlan], top: int = 10,
     lines = [
         f"{req.model.name}: {req.width}x{req.height}, {req.frames} frames, {req.steps} steps"
         f"{'' if req.guidance else ', no guidance'} on {c.gpus} x {c.gpu.name} ({req.gpu_memory_gb:.0f} GB), "
-        f"{c.gpus_per_node} per node, {c.intra_link} / {c.inter_link}",
+        f"{c.gpus_per_node} per node, {c.intra_link} / {c.inter_link}"
+        + (f"; step cache skipping {req.cache.skip_ratio:.0%} of block forwards" if req.cache.skip_ratio else ""),
     ]
     if req.sparse is not None:
         lines.append(f"sparse attention {req.sparse_costs().describe()}")

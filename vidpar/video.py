@@ -38,12 +38,14 @@ class Video:
     """Frames of one clip. ``frames`` is uint8 ``[T, H, W, 3]``, or None on ranks that did not receive it.
 
     ``record``: what made it (``Pipeline.generate`` fills it: model, request, mesh, dtype), written beside the
-    output by ``save``.
+    output by ``save``. ``metadata``: facts about how it was made, identical on every rank (e.g. ``"cache"``: the
+    steps and blocks a step-cache policy ran and skipped, see ``vidpar.cache.CacheSession.summary``).
     """
 
     frames: np.ndarray | None
     fps: int = 16
     record: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | os.PathLike, fps: int | None = None, *, overwrite: bool = False) -> Path:
         """Write ``.mp4`` (H.264 via PyAV or imageio-ffmpeg), ``.npy`` (raw uint8) or a folder of PNGs, with a

@@ -29,6 +29,7 @@ import torch
 from vidpar.checkpoint import REQUEUE_EXIT_CODE, STOPPED_UNSAVED_EXIT_CODE, GenerationInterrupted, StopRequest
 from vidpar.launch_env import apply_launch_env
 
+from .cache_args import add_cache_arguments
 from .common import (
     DTYPES, EXIT_FAILED, EXIT_OK, VAE_MODES, UsageError, add_model_arguments, finish_distributed, record_exit,
     report_failure, setup_logging, timeout_of, usage_error,
@@ -84,6 +85,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-memory-check", action="store_true",
                         help="run even if the memory model predicts the request does not fit")
+    add_cache_arguments(parser)
 
 
 def lora_arg(value: str):
@@ -255,6 +257,7 @@ def run_job(pipe, job: Job, args: argparse.Namespace, stop: StopRequest, log: lo
         progress=not args.no_progress, image=read_image(args.image) if args.image else None,
         sparse_attention=args.sparse_attention,
         memory_check=False,  # checked before loading (agreed_checks)
+        cache=args.cache_policy,
     )
     if pipe.ctx.rank == 0:
         video.record["request"].update(job.request)  # the fields a resumed run compares (incl. the image file)

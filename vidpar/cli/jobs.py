@@ -9,8 +9,10 @@ path (``vidpar.outputs``: what may be written, and whether a resumed run may ski
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 from vidpar.outputs import OutputError, output_kind, plan_output
 
+from .cache_args import cache_policy
 from .common import DTYPES, UsageError, check_model, parallel_config, timeout_of
 
 
@@ -142,8 +145,8 @@ def job_request(card, req, prompt: str, dtype, fps: int, image_sha256: str | Non
 
 
 def generation_extras(args: argparse.Namespace) -> dict[str, Any]:
-    """The sparse-attention pattern and LoRA set of ``args`` as the output record holds them; ``UsageError`` for a
-    bad sparse spec."""
+    """The sparse-attention pattern, LoRA set and step-cache policy of ``args`` as the output record holds them;
+    ``UsageError`` for a bad sparse spec."""
     extras: dict[str, Any] = {}
     if args.sparse_attention is not None:
         from vidpar.parallel.sparse import SparseAttention
@@ -156,6 +159,9 @@ def generation_extras(args: argparse.Namespace) -> dict[str, Any]:
         from vidpar.lora import file_sha256, lora_set_digest
 
         extras["loras"] = lora_set_digest((file_sha256(s.path), s.strength, s.target) for s in args.lora)
+    if args.cache_policy is not None:  # a cached video differs from an uncached one: a rerun must not mix them
+        policy = {"policy": args.cache_policy.name, **dataclasses.asdict(args.cache_policy)}
+        extras["cache"] = json.loads(json.dumps(policy))  # as the record file will hold it (lists, not tuples)
     return extras
 
 
@@ -180,6 +186,7 @@ def plan_jobs(args: argparse.Namespace, world_size: int):
         raise UsageError(f"--image {args.image}: no such file")
     family, source, card = check_model(args.model)
     req = resolve_request(args, card)
+    args.cache_policy = cache_policy(args)
     extras = generation_extras(args)
     args.height, args.width, args.frames, args.steps = req.height, req.width, req.num_frames, req.num_steps
     args.guidance_scale, args.guidance_scale_2 = req.guidance_scale, req.guidance_scale_2

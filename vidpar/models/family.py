@@ -26,6 +26,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .block_loop import BlockLoop
+
 GUIDANCE_KINDS = ("cfg", "embedded")  # two branches mixed by the pipeline, or one branch taking the scale
 IMAGE_KINDS = ("none", "required", "optional")
 
@@ -174,6 +176,30 @@ class StepInfo:
     branch: str = "cond"  # "cond" or "uncond" (the guidance branch being evaluated)
 
 
+@dataclass(frozen=True)
+class CacheProfile:
+    """Published step-cache calibrations of one denoiser, for the policies of ``vidpar.cache`` (all optional).
+
+    Numbers a family publishes here are the ones their authors calibrated for that checkpoint; a policy that needs
+    one the profile lacks either falls back as it documents or refuses with a ``ValueError``.
+    """
+
+    source: str = ""  # which published calibration this is (e.g. "TeaCache4Wan2.1 t2v-1.3B"), for logs
+    # TeaCache: polynomial (highest power first) rescaling the relative L1 change of the block loop's
+    # ``modulation`` signal into the expected change of the output, and its published threshold.
+    teacache_coefficients: tuple[float, ...] | None = None
+    teacache_threshold: float | None = None
+    # MagCache: per-step magnitude ratios of the conditional branch's block-loop residual (step 0 first, 1.0
+    # there), calibrated at ``len(magcache_ratios)`` steps, and its published threshold and skip cap.
+    magcache_ratios: tuple[float, ...] | None = None
+    magcache_threshold: float | None = None
+    magcache_max_skips: int | None = None
+    # Per-model defaults of the policies that need no calibration (None: the policy's published default).
+    fbcache_threshold: float | None = None
+    taylorseer_interval: int | None = None
+    taylorseer_warmup: float | None = None  # share of the steps always computed first
+
+
 class LoadedModel(ABC):
     """A loaded model of some family; the pipeline's only view of it.
 
@@ -195,6 +221,16 @@ class LoadedModel(ABC):
     def fsdp_units(self, module: nn.Module) -> list[nn.Module]:
         """Blocks of a denoiser that FSDP wraps one by one (its repeated blocks, ``module.blocks``)."""
         return list(module.blocks)
+
+    def block_loop(self, module: nn.Module) -> BlockLoop | None:
+        """The ``BlockLoop`` a denoiser calls its blocks through (``module.block_loop``), where step-cache policies
+        act; None if the denoiser has none (step caching is then refused)."""
+        loop = getattr(module, "block_loop", None)
+        return loop if isinstance(loop, BlockLoop) else None
+
+    def cache_profile(self, module: nn.Module) -> CacheProfile:
+        """Published step-cache calibrations of a denoiser (none by default)."""
+        return CacheProfile()
 
     def text_encoder_fsdp(self) -> tuple[nn.Module, list[nn.Module]] | None:
         """``(encoder module, its blocks)`` sharded when FSDP is on; None if there is none to shard."""
@@ -381,6 +417,6 @@ class CardFile:
 
 
 __all__ = [
-    "CardFile", "GUIDANCE_KINDS", "IMAGE_KINDS", "LatentGeometry", "LoadedModel", "ModelCard", "ModelDefaults",
-    "ModelFamily", "PromptError", "SamplerSpec", "StepInfo", "TensorSpec", "TextStates",
+    "CacheProfile", "CardFile", "GUIDANCE_KINDS", "IMAGE_KINDS", "LatentGeometry", "LoadedModel", "ModelCard",
+    "ModelDefaults", "ModelFamily", "PromptError", "SamplerSpec", "StepInfo", "TensorSpec", "TextStates",
 ]

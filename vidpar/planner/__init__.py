@@ -16,13 +16,14 @@ from .cost import Cluster, StepTime, step_time, vae_decode_time
 from .hardware import GPUS, LINKS, gpu_kind_from_name, gpu_spec
 from .memory import MemoryEstimate, estimate_memory
 from .search import LayoutPlan, Request, auto_parallel_config, make_request, plan_layouts
+from .step_cache import StepCacheEstimate
 from .workload import (
     DitWorkload, ForwardFlops, ModelSpec, VaeWorkload, dit_params, forward_flops, latent_shape, model_spec, num_tokens,
     resolve_model,
 )
 
 __all__ = [
-    "GPUS", "LINKS", "Cluster", "DitWorkload", "ForwardFlops", "VaeWorkload", "LayoutPlan", "MemoryEstimate", "ModelSpec", "Request", "StepTime",
+    "GPUS", "LINKS", "Cluster", "DitWorkload", "ForwardFlops", "VaeWorkload", "LayoutPlan", "MemoryEstimate", "ModelSpec", "Request", "StepCacheEstimate", "StepTime",
     "auto_parallel_config", "cfg_exchange_bytes", "dit_params", "estimate_memory", "forward_flops", "gpu_kind_from_name", "gpu_spec",
     "latent_shape", "make_request", "model_spec", "num_tokens", "plan_layouts", "predict_comm_bytes",
     "predict_step_comm_bytes", "predict_vae_comm_bytes", "resolve_model", "step_time", "vae_decode_time",

@@ -16,6 +16,7 @@ from . import hardware as hw
 from .cost import Cluster, step_time, vae_decode_comm_bytes, vae_decode_time
 from .memory import estimate_memory
 from .sparse_cost import SparseCosts
+from .step_cache import StepCacheEstimate
 from .workload import ModelSpec, latent_shape, model_spec, num_tokens
 
 VAE_MODES = ("patch", "combined", "pipeline")  # the parallel decode modes (see vidpar.planner.vae_comm)
@@ -35,6 +36,7 @@ class Request:
     guidance: bool = True
     text_encoder_on_gpu: bool = True
     sparse: Any = None  # a vidpar.parallel.sparse.SparseAttention, or None (dense)
+    cache: StepCacheEstimate = StepCacheEstimate()  # expected step-cache savings (none by default)
 
     def sparse_costs(self) -> "SparseCosts | None":
         """The sparse pattern's figures for this request's token grid (computed once; None when dense)."""
@@ -149,7 +151,7 @@ def evaluate(req: Request, u: int, r: int, c: int, fsdp: bool, vae_mode: str, t_
     plan.comm_share = st.exposed_comm_s / st.total_s if st.total_s else 0.0
     plan.comm_breakdown = dict(st.comm_bytes)
     plan.comm_bytes_per_gpu_per_step = int(sum(st.comm_bytes.values()))
-    plan.denoise_time_s = req.steps * st.total_s
+    plan.denoise_time_s = req.steps * st.total_s * req.cache.step_factor
     video = (req.frames, req.height, req.width)
     if vae_bytes is None:
         vae_bytes = vae_decode_comm_bytes(req.model, video, vae_mode, cl.gpus)
@@ -211,9 +213,11 @@ def make_request(
     guidance: bool = True,
     text_encoder_on_gpu: bool = True,
     sparse: Any = None,
+    skip_ratio: float = 0.0,
 ) -> Request:
     """A ``Request`` from plain values (validates the GPU kind, links and video size); ``sparse``: a
-    ``SparseAttention`` or its CLI spec (``"window"``...)."""
+    ``SparseAttention`` or its CLI spec (``"window"``...); ``skip_ratio``: the share of block forwards a
+    step-cache policy is expected to skip (``vidpar.planner.step_cache``)."""
     spec = hw.gpu_spec(gpu)
     cluster = Cluster(spec, gpus, min(gpus_per_node, gpus), intra_link, inter_link)
     hw.link_bandwidth(intra_link, spec)  # raise early on an unknown or impossible link
@@ -225,7 +229,8 @@ def make_request(
         from vidpar.parallel.sparse import SparseAttention
 
         sparse = SparseAttention.from_cli(sparse)
-    return Request(ms, height, width, frames, steps, cluster, mem, guidance, text_encoder_on_gpu, sparse)
+    return Request(ms, height, width, frames, steps, cluster, mem, guidance, text_encoder_on_gpu, sparse,
+                   StepCacheEstimate(skip_ratio))
 
 
 def auto_parallel_config(

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vidpar.models.block_loop import BlockLoop, Stream
+
 from .rope import HunyuanVideo15RotaryEmbedding
 from .transformer_config import GLYPH_HIDDEN_DIM, HunyuanVideo15TransformerConfig
 from .transformer_layers import (
@@ -70,6 +72,10 @@ class HunyuanVideo15Transformer3D(nn.Module):
             HYDoubleStreamBlock(d, c.num_heads, c.ffn_dim, attention_backend) for _ in range(c.num_layers)
         )
         self.final_layer = HYFinalLayer(d, c.out_channels * c.patch_volume)
+        # The blocks as one call a step-cache policy can act on (vidpar.models.block_loop): the video stream is
+        # split over the sequence-parallel ranks, the text stream is full on every rank and unused after the loop.
+        self.block_loop = BlockLoop(self.blocks, (Stream("video", sharded=True),
+                                                  Stream("text", sharded=False, output=False)))
 
     # ------------------------------------------------------------------ construction
 
@@ -202,8 +208,7 @@ class HunyuanVideo15Transformer3D(nn.Module):
         self, x: torch.Tensor, context: torch.Tensor, vec: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         """The dual-stream blocks. x ``[B, S, dim]``, context ``[B, T, dim]``, vec ``[B, dim]`` -> ``[B, S, dim]``."""
-        for block in self.blocks:
-            x, context = block(x, context, vec, rope)
+        x, _ = self.block_loop((x, context), vec, rope, modulation=vec)
         return x
 
     def joint_tokens(

@@ -11,7 +11,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from vidpar.models.family import LoadedModel, ModelCard, ModelDefaults, SamplerSpec, StepInfo, TensorSpec
+from vidpar.models.family import (
+    CacheProfile, LoadedModel, ModelCard, ModelDefaults, SamplerSpec, StepInfo, TensorSpec,
+)
 
 from .image_conditioning import (
     ImageConditioning, check_image, condition_shape, encode_condition, image_digest, preprocess_image,
@@ -41,6 +43,11 @@ class WanRuntime(LoadedModel):
 
     def denoisers(self) -> list[nn.Module]:
         return [m for m in (self.transformer, self.transformer_2) if m is not None]
+
+    def cache_profile(self, module: nn.Module) -> CacheProfile:
+        from .cache_profile import wan_cache_profile
+
+        return wan_cache_profile(module.config, self.name, experts=len(self.denoisers()))
 
     def text_encoder_fsdp(self) -> tuple[nn.Module, list[nn.Module]] | None:
         if self.text_encoder is None:

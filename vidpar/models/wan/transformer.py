@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vidpar.models.block_loop import BlockLoop, Stream
+
 from .rope import WanRotaryEmbedding
 from .transformer_config import WanTransformerConfig
 from .transformer_plan import wan_transformer_plan
@@ -64,6 +66,9 @@ class WanTransformer3D(nn.Module):
             for _ in range(c.num_layers)
         )
         self.head = WanHead(c.dim, c.out_channels, c.patch_size, c.eps)
+        # The blocks as one call a step-cache policy can act on (vidpar.models.block_loop); the video tokens are
+        # the one residual stream, split over the sequence-parallel ranks by the plan.
+        self.block_loop = BlockLoop(self.blocks, (Stream("video", sharded=True),))
 
     # ------------------------------------------------------------------ construction
 
@@ -159,8 +164,8 @@ class WanTransformer3D(nn.Module):
         if context_img is not None and context_img.shape[0] != x.shape[0]:
             raise ValueError(f"image_states give {context_img.shape[0]} images per batch of {x.shape[0]}")
 
-        for block in self.blocks:
-            x = block(x, e0, context, context_img, rope)
+        (x,) = self.block_loop((x,), e0, context, context_img, rope, modulation=e0,
+                               modulation_sharded=timestep.dim() == 2)
         return self.unpatchify(self.head(x, e), grid)
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:

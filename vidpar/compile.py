@@ -35,14 +35,16 @@ class CompileOptions:
         dynamic: ``None`` lets torch mark a dimension dynamic after it changes once (e.g. the number of text tokens
             of HunyuanVideo-1.5 prompts), ``False`` compiles every shape on its own.
         fullgraph: raise on a graph break instead of splitting the block.
-        vae: also compile the VAE decode's regions (``LoadedModel.vae_compile_units``).
+        vae: also compile the VAE decode's regions (``LoadedModel.vae_compile_units``) where the decode runs on
+            one process (see ``compile_model``). Off by default: the Wan decoder traces as three graphs (first,
+            second and later latent frames), a long compile next to a single decode.
     """
 
     backend: str = "inductor"
     mode: str | None = None
     dynamic: bool | None = None
     fullgraph: bool = True
-    vae: bool = True
+    vae: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in COMPILE_BACKENDS:
@@ -75,17 +77,21 @@ def compile_regions(modules: Iterable[nn.Module], options: CompileOptions) -> in
     return n
 
 
-def compile_model(comps: Any, options: CompileOptions) -> dict[str, int]:
-    """Regional compilation of a ``LoadedModel``: every denoiser's blocks, and the VAE's regions if asked.
+def compile_model(comps: Any, options: CompileOptions, vae: bool | None = None) -> dict[str, int]:
+    """Regional compilation of a ``LoadedModel``: every denoiser's blocks, and the VAE decode's regions.
 
-    Returns how many regions were compiled, ``{"denoiser": n, "vae": m}``.
+    Args:
+        vae: compile ``comps.vae_compile_units()`` (default ``options.vae``). The caller turns it off where the
+            decode runs over several ranks: the parallel decode's halo exchanges are point-to-point transfers,
+            which do not trace (each would be a graph break), and its pipeline stages run stage by stage.
+    Returns:
+        how many regions were compiled, ``{"denoiser": n, "vae": m}``.
     """
     counts = {"denoiser": 0, "vae": 0}
     for dit in comps.denoisers():
         counts["denoiser"] += compile_regions(comps.fsdp_units(dit), options)
-    if options.vae:
-        units = getattr(comps, "vae_compile_units", lambda: [])()
-        counts["vae"] = compile_regions(units, options)
+    if options.vae if vae is None else vae:
+        counts["vae"] = compile_regions(comps.vae_compile_units(), options)
     return counts
 
 

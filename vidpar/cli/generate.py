@@ -68,6 +68,16 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                              "resumes, and skips prompts whose output already exists")
     parser.add_argument("--checkpoint-every", type=int, default=1, metavar="K", help="snapshot every K steps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    speed = parser.add_argument_group("per-GPU speed (off by default; results are the same either way)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile every DiT block (regional; compiled once per video size at the first step)")
+    speed.add_argument("--compile-backend", choices=("inductor", "aot_eager", "eager"), default="inductor",
+                       help="torch.compile backend for --compile (aot_eager/eager: tracing only, for debugging)")
+    speed.add_argument("--compile-vae", action="store_true",
+                       help="with --compile, also compile the VAE decoder (one-process decodes only)")
+    speed.add_argument("--ulysses-overlap", action="store_true",
+                       help="overlap the Ulysses all-to-alls with the q/k/v and output projections")
+    speed.add_argument("--fused-qkv", action="store_true", help="one GEMM for the q, k, v projections")
 
 
 def lora_arg(value: str):
@@ -161,6 +171,7 @@ def plan_jobs(args: argparse.Namespace, world_size: int):
     args.fps = args.fps or card.defaults.fps
     config = parallel_config(args, world_size, source, (args.height, args.width, args.frames))
     timeout_of(args)
+    compile_options(args)
     prompts = read_prompts(args)
     many = len(prompts) > 1
     jobs = []
@@ -248,7 +259,9 @@ def run_generate(args: argparse.Namespace) -> int:
         log.info("%s; mesh ulysses=%d ring=%d cfg=%d", launch.describe(), config.ulysses, config.ring, config.cfg)
         pipe = Pipeline.from_pretrained(source, parallel=config, dtype=DTYPES[args.dtype],
                                         attention_backend=args.attention_backend, vae_mode=args.vae_mode,
-                                        backend=args.backend, timeout=timeout_of(args), loras=args.lora)
+                                        backend=args.backend, timeout=timeout_of(args), loras=args.lora,
+                                        compile=compile_options(args), ulysses_overlap=args.ulysses_overlap,
+                                        fused_qkv=args.fused_qkv)
         for hook in debug_hooks(rank):
             pipe.comps.transformer.register_forward_pre_hook(hook)
         log.info("loaded %s (%s) in %.1f s; %dx%d, %d frames, %d steps, guidance %g, %s shift %g", args.model,
@@ -274,6 +287,17 @@ def run_generate(args: argparse.Namespace) -> int:
         os._exit(EXIT_FAILED)  # peers may be gone: skip teardown that could block on them
     finish_distributed()
     return EXIT_OK
+
+
+def compile_options(args: argparse.Namespace):
+    """``--compile`` and its options as a ``CompileOptions``, or False."""
+    if not args.compile:
+        if args.compile_vae:
+            raise UsageError("--compile-vae needs --compile")
+        return False
+    from vidpar.compile import CompileOptions
+
+    return CompileOptions(backend=args.compile_backend, vae=args.compile_vae)
 
 
 def read_image(path: str):

@@ -186,6 +186,11 @@ class LoadedModel(ABC):
         """Blocks of a denoiser that FSDP wraps one by one (its repeated blocks, ``module.blocks``)."""
         return list(module.blocks)
 
+    def vae_compile_units(self) -> list[nn.Module]:
+        """Modules of the VAE decode that ``torch.compile`` may compile one by one (regional compilation, when the
+        decode runs on one process; see ``vidpar.compile``). Default: none."""
+        return []
+
     def text_encoder_fsdp(self) -> tuple[nn.Module, list[nn.Module]] | None:
         """``(encoder module, its blocks)`` sharded when FSDP is on; None if there is none to shard."""
         return None

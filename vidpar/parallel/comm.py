@@ -75,12 +75,21 @@ class Comm:
     groups: dict[str, AxisGroup]
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
+    def __post_init__(self) -> None:
+        # Code being compiled counts into a tensor: a Python counter it read and wrote would become a guard of the
+        # compiled graph (a recompile at every change). One slot per name; read back by ``snapshot``.
+        self._traced_names = sorted({*self.groups, "control", "fsdp"})
+        self._traced = torch.zeros(len(self._traced_names), dtype=torch.int64)
+
     def group(self, axis: str) -> AxisGroup:
         if axis not in self.groups:
             raise KeyError(f"unknown mesh axis {axis!r}; known: {sorted(self.groups)}")
         return self.groups[axis]
 
     def _count(self, axis: str, nbytes: int) -> None:
+        if torch.compiler.is_compiling() and axis in self._traced_names:
+            self._traced[self._traced_names.index(axis)] += nbytes
+            return
         self.stats[axis] += int(nbytes)
 
     def all_to_all(
@@ -177,7 +186,12 @@ class Comm:
         return x
 
     def snapshot(self) -> dict[str, int]:
-        return dict(self.stats)
+        out = dict(self.stats)
+        for name, n in zip(self._traced_names, self._traced.tolist()):
+            if n:
+                out[name] = out.get(name, 0) + n
+        return out
 
     def reset(self) -> None:
         self.stats.clear()
+        self._traced.zero_()

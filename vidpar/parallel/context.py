@@ -70,7 +70,9 @@ class ParallelContext:
         dim = dim % x.dim()
         offsets = split_offsets(x.shape[dim], self.sp_size)
         start, stop = offsets[self.sp_rank], offsets[self.sp_rank + 1]
-        return x.narrow(dim, start, stop - start).contiguous()
+        # A fresh tensor with standard strides, also where a size-1 dim makes the narrowed view count as
+        # contiguous: compiled blocks guard on strides, so odd ones would compile the first block twice.
+        return x.narrow(dim, start, stop - start).clone(memory_format=torch.contiguous_format)
 
     def gather_sequence(self, x: torch.Tensor, dim: int, length: int | None = None) -> torch.Tensor:
         """Inverse of ``shard_sequence``: the full tensor on every rank.

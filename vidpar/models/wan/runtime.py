@@ -40,6 +40,10 @@ class WanRuntime(LoadedModel):
     def denoisers(self) -> list[nn.Module]:
         return [m for m in (self.transformer, self.transformer_2) if m is not None]
 
+    def vae_compile_units(self) -> list[nn.Module]:
+        # The decoder's per-chunk call: three graphs (first, second, later latent frames: the causal cache fills).
+        return [self.vae.decoder]
+
     def text_encoder_fsdp(self) -> tuple[nn.Module, list[nn.Module]] | None:
         if self.text_encoder is None:
             return None

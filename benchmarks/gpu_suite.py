@@ -161,9 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         if name in args.skip:
             return
         t0 = time.perf_counter()
-        print(f"gpu_suite: {name} ...", file=sys.stderr, flush=True)
+        print(f"gpu_suite: {name} ... ({budget.left():.0f} s of the budget left)", file=sys.stderr, flush=True)
         results[name] = fn()
         results.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
+        print(f"gpu_suite: {name} took {results['seconds'][name]} s", file=sys.stderr, flush=True)
         save()  # a later failure leaves what was measured
 
     part("tests", lambda: run_tests(timeout=min(240.0, max(30.0, budget.left() / 3))))

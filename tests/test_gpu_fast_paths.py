@@ -134,10 +134,9 @@ class _AtenOpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", [n for n, s in backend_specs().items() if "cuda" in s.devices])
 @torch.no_grad()
-def test_backend_custom_op_compiles_to_the_same_kernel(name, dtype):
+def test_backend_custom_op_compiles_to_the_same_kernel(name, dtype=torch.bfloat16):
     spec = backend_specs()[name]
     if name not in available_backends("cuda") or dtype not in spec.dtypes:
         pytest.skip(f"{name} not installed or no {dtype}")

@@ -45,7 +45,8 @@ def _load_diffusers(folder: Path, dtype: torch.dtype, device: torch.device):
     from safetensors.torch import load_file
 
     config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if not k.startswith("_")}
-    model = WanTransformer3DModel(**config)
+    with torch.device(device):  # random init on the GPU is fast; every weight is overwritten next
+        model = WanTransformer3DModel(**config)
     info = model.load_state_dict(load_file(str(folder / "diffusion_pytorch_model.safetensors")), strict=False)
     if info.missing_keys or info.unexpected_keys:
         raise RuntimeError(f"diffusers did not load the same weights: {info}")
@@ -62,14 +63,11 @@ def dit_forward(config: WanTransformerConfig, grids: dict[str, tuple[int, int, i
                 with_diffusers: bool = True) -> dict:
     """Per grid (latent ``(F, H, W)``) and implementation: eager and compiled forward times, peak memory, the
     compile time (first compiled call minus an eager call) and the agreement of the outputs."""
-    has_diffusers = importlib.util.find_spec("diffusers") is not None
-    use_diffusers = with_diffusers and has_diffusers
+    version, problem = _diffusers() if with_diffusers else (None, "diffusers comparison turned off")
+    use_diffusers = version is not None
     out: dict = {"config": {"dim": config.dim, "heads": config.num_heads, "layers": config.num_layers,
                             "ffn": config.ffn_dim, "text_tokens": text_tokens},
-                 "diffusers": None if not has_diffusers else _diffusers_version(),
-                 "note": None if use_diffusers else ("diffusers is not installed: vidpar only (pure Python; put it "
-                                                     "on PYTHONPATH to compare)" if not has_diffusers else
-                                                     "diffusers comparison turned off")}
+                 "diffusers": version, "note": problem}
     rows, outputs = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -137,7 +135,13 @@ def _compile_times(rows: list[dict]) -> None:
             r["compile_s"] = round(r["first_s"] - e["median_ms"] * 1e-3, 2)
 
 
-def _diffusers_version() -> str:
-    import diffusers
-
-    return diffusers.__version__
+def _diffusers() -> tuple[str | None, str | None]:
+    """``(version, None)`` if diffusers imports, else ``(None, why the comparison is skipped)``."""
+    if importlib.util.find_spec("diffusers") is None:
+        return None, "diffusers is not installed: vidpar only (it is pure Python: put it on PYTHONPATH to compare)"
+    try:
+        import diffusers
+        from diffusers import WanTransformer3DModel  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - e.g. a missing dependency of diffusers on this machine
+        return None, f"diffusers does not import here ({type(e).__name__}: {e}): vidpar only"
+    return diffusers.__version__, None

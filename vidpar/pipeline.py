@@ -121,7 +121,7 @@ class Pipeline:
 
     def __init__(
         self, comps: LoadedModel, ctx: ParallelContext, dtype: torch.dtype, vae_mode: str = "auto", fsdp: bool = False,
-        loras: Sequence[Any] = (),
+        loras: Sequence[Any] = (), compile: Any = False, ulysses_overlap: bool = False, fused_qkv: bool = False,
     ) -> None:
         if ctx.config.cfg > 2:
             raise ValueError(f"cfg degree must be 1 or 2 (two guidance branches), got {ctx.config.cfg}")
@@ -148,6 +148,23 @@ class Pipeline:
         self._loras = None  # a vidpar.lora.LoraHandle once a LoRA is loaded (merged after sharding: 1/P kept)
         if loras:
             self.load_loras(loras)
+        self.compiled = self._speed_options(compile, ulysses_overlap, fused_qkv)
+
+    def _speed_options(self, compile: Any, ulysses_overlap: bool, fused_qkv: bool) -> dict[str, int]:
+        """Per-GPU speed options (all off by default; results are the same either way): the Ulysses overlap, the
+        fused q/k/v projection, and regional ``torch.compile`` of the denoisers' blocks (and of the VAE decode
+        when it runs on one process). Returns how many regions were compiled."""
+        from vidpar.compile import CompileOptions, compile_model
+        from vidpar.kernels import set_fused_qkv
+        from vidpar.parallel.plan import set_ulysses_overlap
+
+        options = CompileOptions.coerce(compile)  # every rank, before any collective of a forward
+        for dit in self.comps.denoisers():
+            set_ulysses_overlap(dit, ulysses_overlap)
+            set_fused_qkv(dit, fused_qkv)
+        if options is None:
+            return {"denoiser": 0, "vae": 0}
+        return compile_model(self.comps, options, vae=options.vae and self.ctx.world_size == 1)
 
     @classmethod
     def from_pretrained(
@@ -162,6 +179,9 @@ class Pipeline:
         fsdp: bool = False,
         backend: str | None = None,
         loras: Sequence[Any] = (),
+        compile: Any = False,
+        ulysses_overlap: bool = False,
+        fused_qkv: bool = False,
     ) -> "Pipeline":
         """Load a built-in model or a checkpoint folder of any registered family and set up the mesh.
 
@@ -177,11 +197,19 @@ class Pipeline:
                 the weight memory per GPU. Without it the text encoder lives on rank 0 only and its output is
                 broadcast.
             loras: LoRAs merged after loading (see ``load_loras``), e.g. ``[("lightx2v.safetensors", 1.0)]``.
+            compile: ``True`` or a ``vidpar.compile.CompileOptions``: regional ``torch.compile`` of every denoiser
+                block (compiled once per input shape, at the first forward), without graph breaks on any mesh.
+            ulysses_overlap: overlap the Ulysses all-to-alls with the q/k/v and output projections.
+            fused_qkv: one GEMM for the q, k, v projections of self-attention.
         """
         if loras:
             from vidpar.lora import LoraSpec
 
             loras = [LoraSpec.coerce(x) for x in loras]  # every rank, before any collective
+        if compile is not False:
+            from vidpar.compile import CompileOptions
+
+            CompileOptions.coerce(compile)  # a bad value fails on every rank before any collective
         family, source = check_source(path_or_name)  # every rank, before any collective or weight
         card = family.card(source)  # configs typed and weight files checked (headers only), before any collective
         if isinstance(parallel, ParallelContext):
@@ -196,7 +224,7 @@ class Pipeline:
         comps = ctx_agree(ctx, lambda: family.load(
             source, dtype=dtype, device=ctx.device, attention_backend=attention_backend,
             load_text_encoder=holds_text_encoder, load_image_encoder=ctx.rank == 0))
-        return cls(comps, ctx, dtype, vae_mode, fsdp, loras)
+        return cls(comps, ctx, dtype, vae_mode, fsdp, loras, compile, ulysses_overlap, fused_qkv)
 
     # ---- LoRAs ----
 
@@ -475,6 +503,9 @@ class Pipeline:
         ))
         shape = self.validate(req, image)
         sparse = _sparse_config(sparse_attention)
+        if sparse is not None and self.compiled["denoiser"]:
+            raise ValueError("sparse attention does not run inside compiled blocks (its masks are built at run "
+                             "time); use a pipeline loaded without compile for sparse_attention")
         session = CacheSession(cache, self.comps, self.ctx, req.num_steps) if cache is not None else None
         if memory_check:
             check_fits(self.card, req, self.ctx, self.dtype, self.vae_mode, self.fsdp)

@@ -30,6 +30,7 @@ from vidpar.checkpoint import REQUEUE_EXIT_CODE, STOPPED_UNSAVED_EXIT_CODE, Gene
 from vidpar.launch_env import apply_launch_env
 
 from .cache_args import add_cache_arguments
+from .compile_args import add_compile_arguments, compile_options
 from .common import (
     DTYPES, EXIT_FAILED, EXIT_OK, VAE_MODES, UsageError, add_model_arguments, finish_distributed, record_exit,
     report_failure, setup_logging, timeout_of, usage_error,
@@ -86,6 +87,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-memory-check", action="store_true",
                         help="run even if the memory model predicts the request does not fit")
     add_cache_arguments(parser)
+    add_compile_arguments(parser)
 
 
 def lora_arg(value: str):
@@ -199,7 +201,8 @@ def run_generate(args: argparse.Namespace) -> int:
             if todo:
                 pipe = Pipeline.from_pretrained(source, parallel=ctx, dtype=DTYPES[args.dtype],
                                                 attention_backend=args.attention_backend, vae_mode=args.vae_mode,
-                                                loras=args.lora)
+                                                loras=args.lora, compile=compile_options(args),
+                                                ulysses_overlap=args.ulysses_overlap, fused_qkv=args.fused_qkv)
                 install_debug_hooks(pipe.comps.denoisers()[:1], rank, os.environ.get(DEBUG_FAIL_ENV))
                 log.info("loaded %s (%s) in %.1f s; %dx%d, %d frames, %d steps, guidance %g, %s shift %g", args.model,
                          pipe.dtype, time.perf_counter() - t0, args.width, args.height, args.frames, args.steps,

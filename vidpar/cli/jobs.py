@@ -21,6 +21,7 @@ from typing import Any
 from vidpar.outputs import OutputError, output_kind, plan_output
 
 from .cache_args import cache_policy
+from .compile_args import compile_options
 from .common import DTYPES, UsageError, check_model, parallel_config, timeout_of
 
 
@@ -195,6 +196,8 @@ def plan_jobs(args: argparse.Namespace, world_size: int):
     args.model_card = card
     config = parallel_config(args, world_size, source, (args.height, args.width, args.frames))
     timeout_of(args)
+    if compile_options(args) and args.sparse_attention is not None:
+        raise UsageError("--sparse-attention does not run inside compiled blocks: leave out --compile")
     check_attention_backend(args, card, config, world_size)
     prompts = read_prompts(args)
     check_prompts(family, source, prompts, req.negative_prompt, args)

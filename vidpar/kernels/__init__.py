@@ -8,6 +8,7 @@ from .backends import (
     backend_specs,
     resolve_backend,
 )
+from .fused import fused_linear, set_fused_qkv
 from .local_attention import LocalAttention
 
 __all__ = [
@@ -17,5 +18,7 @@ __all__ = [
     "attention_with_lse",
     "available_backends",
     "backend_specs",
+    "fused_linear",
     "resolve_backend",
+    "set_fused_qkv",
 ]

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import ops  # noqa: F401 - registers torch.ops.vidpar.attention / attention_lse
+
 LseFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
 
@@ -34,7 +36,13 @@ class BackendSpec:
     requires: str | None = None  # importable module the backend needs
 
     def installed(self) -> bool:
-        return self.requires is None or importlib.util.find_spec(self.requires) is not None
+        return self.requires is None or _importable(self.requires)
+
+
+@torch.compiler.assume_constant_result
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be imported (a constant to ``torch.compile``: it never traces the import machinery)."""
+    return importlib.util.find_spec(module) is not None
 
 
 def _bhsd(x: torch.Tensor) -> torch.Tensor:
@@ -109,6 +117,23 @@ def _flash_attn_plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return flash_attn_func(q, k, v, causal=False)
 
 
+def _flash_attn3_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from flash_attn_interface import flash_attn_func  # FlashAttention-3 (Hopper build), optional
+
+    try:
+        res = flash_attn_func(q, k, v, causal=False, return_attn_probs=True)
+    except TypeError:  # early FA3 releases always return (out, lse) and take no return_attn_probs
+        res = flash_attn_func(q, k, v, causal=False)
+    return res[0], res[1].float()
+
+
+def _flash_attn3_plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from flash_attn_interface import flash_attn_func
+
+    res = flash_attn_func(q, k, v, causal=False)
+    return res[0] if isinstance(res, tuple) else res
+
+
 def _xformers_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     from xformers.ops import fmha  # optional extra
 
@@ -138,6 +163,8 @@ def backend_specs() -> dict[str, BackendSpec]:
         BackendSpec("sdpa_cudnn", ("cuda",), _HALF, True, _sdpa_cudnn_lse, _sdpa_plain),
         BackendSpec("flash_attn", ("cuda",), _HALF, True, _flash_attn_lse, _flash_attn_plain, "flash_attn"),
         BackendSpec("xformers", ("cuda",), _FLOATS, True, _xformers_lse, _xformers_plain, "xformers"),
+        BackendSpec("flash_attn3", ("cuda",), _HALF, True, _flash_attn3_lse, _flash_attn3_plain,
+                    "flash_attn_interface"),
     ]
     return {s.name: s for s in specs}
 
@@ -198,6 +225,8 @@ def attention_with_lse(
         lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         return out, torch.full((B, H, Sq), float("-inf"), device=q.device, dtype=lse_dtype)
     spec = resolve_backend(backend, q.device, q.dtype, need_lse=True)
+    if torch.compiler.is_compiling():  # one opaque node with a fake implementation (see ``ops``)
+        return torch.ops.vidpar.attention_lse(q, k, v, spec.name)
     return spec.lse_fn(q, k, v)  # type: ignore[misc]
 
 
@@ -206,4 +235,6 @@ def attention_plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: 
     if q.shape[1] == 0 or q.shape[2] == 0:
         return q.new_zeros(*q.shape[:3], v.shape[-1])
     spec = resolve_backend(backend, q.device, q.dtype, need_lse=False)
+    if torch.compiler.is_compiling():
+        return torch.ops.vidpar.attention(q, k, v, spec.name)
     return spec.plain_fn(q, k, v)

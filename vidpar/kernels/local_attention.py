@@ -7,10 +7,20 @@ for a sequence-parallel one through the model's sharding plan, so model code nev
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from .backends import attention_plain
+
+
+def project_output(res, out_proj: Callable[[torch.Tensor], torch.Tensor] | None, has_joint: bool):
+    """``out_proj`` applied to an attention result: ``out`` or, with joint tokens, the first of ``(out, joint_out)``
+    (the joint output is returned as it is)."""
+    if out_proj is None:
+        return res
+    return (out_proj(res[0]), res[1]) if has_joint else out_proj(res)
 
 
 class LocalAttention(nn.Module):
@@ -49,6 +59,27 @@ class LocalAttention(nn.Module):
         out = attention_plain(torch.cat([joint_q, q], dim=1), torch.cat([joint_k, k], dim=1),
                               torch.cat([joint_v, v], dim=1), self.backend)
         return out[:, t:], out[:, :t]
+
+    def attend(
+        self,
+        make_q: Callable[[], torch.Tensor],
+        make_k: Callable[[], torch.Tensor],
+        make_v: Callable[[], torch.Tensor],
+        *,
+        out_proj: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        joint_q: torch.Tensor | None = None,
+        joint_k: torch.Tensor | None = None,
+        joint_v: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``out_proj(self(make_q(), make_k(), make_v()))``: attention given its projections as functions.
+
+        Models call this form so that a sequence-parallel replacement can overlap its all-to-alls with the
+        projections (``vidpar.parallel.ulysses_overlap``); here it is the plain computation, in this order.
+        ``out_proj`` must be per-token (``[B, n, H, Dv]`` -> ``[B, n, ...]``); with joint tokens the result is
+        ``(out_proj(out), joint_out)``.
+        """
+        res = self(make_q(), make_k(), make_v(), joint_q=joint_q, joint_k=joint_k, joint_v=joint_v)
+        return project_output(res, out_proj, joint_q is not None)
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"

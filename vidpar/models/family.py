@@ -231,6 +231,10 @@ class LoadedModel(ABC):
     def cache_profile(self, module: nn.Module) -> CacheProfile:
         """Published step-cache calibrations of a denoiser (none by default)."""
         return CacheProfile()
+    def vae_compile_units(self) -> list[nn.Module]:
+        """Modules of the VAE decode that ``torch.compile`` may compile one by one (regional compilation, when the
+        decode runs on one process; see ``vidpar.compile``). Default: none."""
+        return []
 
     def text_encoder_fsdp(self) -> tuple[nn.Module, list[nn.Module]] | None:
         """``(encoder module, its blocks)`` sharded when FSDP is on; None if there is none to shard."""

@@ -16,9 +16,10 @@ import torch
 from functools import partial
 from typing import TYPE_CHECKING
 
-from vidpar.kernels import attention_plain, attention_with_lse, resolve_backend
+from vidpar.kernels import BackendSpec, attention_plain, attention_with_lse, resolve_backend
 
 from . import ring as ring_mod
+from . import ring_op
 from . import ulysses as ulysses_mod
 from .context import SP_AXIS, ParallelContext
 from .split import split_offsets, split_sizes
@@ -65,6 +66,7 @@ def _shape(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
+@torch.compiler.disable  # a host sync (.tolist()); compiled code gets seq_lens from the plan instead
 def _exchange_lengths(ctx: ParallelContext, q, v, joint_tokens: int) -> list[int]:
     """Every sp rank's local length, after checking that all ranks agree on everything else."""
     b, s, h, d = q.shape
@@ -112,40 +114,75 @@ def attention(
         with joint tokens, ``(out_local, joint_out [B, T, H, Dv])`` with ``joint_out`` full on every rank.
     """
     joint = (joint_q, joint_k, joint_v)
-    has_joint = joint_q is not None
-    _check_local(q, k, v, joint)
-    cfg = ctx.config
-    need_lse = cfg.ring > 1 or sparse is not None
-    spec = resolve_backend(backend, q.device, q.dtype, need_lse=need_lse)
-    num_heads = q.shape[2]
-    joint_tokens = joint_q.shape[1] if has_joint else 0
+    spec, lengths = _prepare(q, k, v, ctx, joint, backend, seq_lens, sparse)
+    num_heads, group_lengths = q.shape[2], _group_lengths(ctx, lengths)
 
+    # 1. Ulysses: this ulysses group's block of tokens, for my heads.
+    if ctx.config.ulysses > 1:
+        qh, kh, vh = ulysses_mod.seq_to_heads(ctx.comm, [q, k, v], group_lengths, num_heads)
+    else:
+        qh, kh, vh = q, k, v
+    joint_part, video_part = _attend_block(ctx, spec, qh, kh, vh, joint, lengths, num_heads, sparse)
+
+    # 4. Back to sequence shards with all heads.
+    if ctx.config.ulysses > 1:
+        out_local = ulysses_mod.heads_to_seq(ctx.comm, video_part, group_lengths, num_heads)
+    else:
+        out_local = video_part
+    if joint_q is None:
+        return out_local
+    return out_local, _gather_joint(ctx, joint_part, joint_q.shape[1], num_heads)
+
+
+def _prepare(q, k, v, ctx: ParallelContext, joint, backend: str, seq_lens,
+             sparse: "SparseCall | None" = None) -> tuple[BackendSpec, list[int]]:
+    """Validate this rank's inputs and return the backend and every sp rank's shard length (before any
+    collective but the length exchange, which itself checks that the ranks agree)."""
+    _check_local(q, k, v, joint)
+    spec = resolve_backend(backend, q.device, q.dtype, need_lse=ctx.config.ring > 1 or sparse is not None)
+    joint_tokens = joint[0].shape[1] if joint[0] is not None else 0
     if ctx.sp_size == 1:
         lengths = [q.shape[1]]
     elif seq_lens is not None:
-        lengths = list(seq_lens)
-        if len(lengths) != ctx.sp_size or lengths[ctx.sp_rank] != q.shape[1]:
-            raise ValueError(
-                f"attention: seq_lens {lengths} do not fit {ctx.sp_size} ranks where rank {ctx.sp_rank} holds "
-                f"{q.shape[1]} tokens"
-            )
+        lengths = check_seq_lens(ctx, seq_lens, q.shape[1])
     else:
         lengths = _exchange_lengths(ctx, q, v, joint_tokens)
     if sum(lengths) + joint_tokens == 0:
         raise ValueError("attention: the sequence has no tokens (no video and no joint tokens)")
     if sparse is not None:
-        sparse.check(sum(lengths), num_heads)
+        sparse.check(sum(lengths), q.shape[2])
+    return spec, lengths
 
-    u, r = cfg.ulysses, cfg.ring
+
+def check_seq_lens(ctx: ParallelContext, seq_lens, local_len: int) -> list[int]:
+    """``seq_lens`` as a list after checking that it has one length per sp rank and this rank's is ``local_len``."""
+    lengths = list(seq_lens)
+    if len(lengths) != ctx.sp_size or lengths[ctx.sp_rank] != local_len:
+        raise ValueError(
+            f"attention: seq_lens {lengths} do not fit {ctx.sp_size} ranks where rank {ctx.sp_rank} holds "
+            f"{local_len} tokens"
+        )
+    return lengths
+
+
+def _group_lengths(ctx: ParallelContext, lengths: list[int]) -> list[int]:
+    """The shard lengths of my ulysses group (a contiguous run of sp ranks)."""
+    u, ring_rank = ctx.config.ulysses, ctx.coords["ring"]
+    return lengths[ring_rank * u : (ring_rank + 1) * u]
+
+
+def _attend_block(ctx: ParallelContext, spec: BackendSpec, qh, kh, vh, joint, lengths: list[int], num_heads: int,
+                  sparse: "SparseCall | None" = None):
+    """Steps 2 and 3 on the head-sharded block ``qh/kh/vh [B, S_block, H_mine, D]``: add the joint tokens (my heads,
+    my ring rank's rows of the joint queries) and attend over every key, locally or around the ring (or sparse).
+
+    Returns ``(joint_part [B, rows_mine, H_mine, Dv], video_part [B, S_block, H_mine, Dv])``.
+    """
+    u, r = ctx.config.ulysses, ctx.config.ring
     ring_rank, uly_rank = ctx.coords["ring"], ctx.coords["ulysses"]
-    group_lengths = lengths[ring_rank * u : (ring_rank + 1) * u]  # my ulysses group's shards
     block_lengths = [sum(lengths[i * u : (i + 1) * u]) for i in range(r)]
-
-    # 1. Ulysses: this ulysses group's block of tokens, for my heads.
-    if u > 1:
-        qh, kh, vh = ulysses_mod.seq_to_heads(ctx.comm, [q, k, v], group_lengths, num_heads)
-    else:
-        qh, kh, vh = q, k, v
+    has_joint = joint[0] is not None
+    joint_tokens = joint[0].shape[1] if has_joint else 0
     head_lo = split_offsets(num_heads, u)[uly_rank]
     head_n = split_sizes(num_heads, u)[uly_rank]
 
@@ -168,17 +205,14 @@ def attention(
         keys = torch.cat([jk, kh], dim=1) if has_joint else kh
         values = torch.cat([jv, vh], dim=1) if has_joint else vh
         out = attention_plain(queries, keys, values, spec.name)
+    elif torch.compiler.is_compiling():  # P2P transfers cannot be traced: the ring is one custom op
+        out = ring_op.ring_attention_compiled(ctx.comm, queries, kh, vh, block_lengths, spec.name,
+                                              local_kv=(jk, jv) if has_joint else None)
     else:
         out = ring_mod.ring_attention(
             ctx.comm, queries, kh, vh, block_lengths, partial(attention_with_lse, backend=spec.name), local_kv=(jk, jv) if has_joint else None
         )
-    joint_part, video_part = out[:, :j_rows], out[:, j_rows:]
-
-    # 4. Back to sequence shards with all heads.
-    out_local = ulysses_mod.heads_to_seq(ctx.comm, video_part, group_lengths, num_heads) if u > 1 else video_part
-    if not has_joint:
-        return out_local
-    return out_local, _gather_joint(ctx, joint_part, joint_tokens, num_heads)
+    return out[:, :j_rows], out[:, j_rows:]
 
 
 def _gather_joint(ctx: ParallelContext, part: torch.Tensor, joint_tokens: int, num_heads: int) -> torch.Tensor:

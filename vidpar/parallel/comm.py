@@ -62,6 +62,24 @@ class PendingExchange:
         return self._received
 
 
+class PendingCollective:
+    """An in-flight functional collective (see ``Comm.start_all_to_all``); ``wait()`` returns its output."""
+
+    def __init__(self, out: torch.Tensor, functional: bool) -> None:
+        self._out = out
+        self._functional = functional
+
+    def wait(self) -> torch.Tensor:
+        return torch.ops._c10d_functional.wait_tensor(self._out) if self._functional else self._out
+
+
+@torch.compiler.assume_constant_result
+def group_name(g: AxisGroup) -> str:
+    """The registered name of an axis' process group (functional collectives and custom ops take names; a
+    constant to ``torch.compile``)."""
+    return g.group.group_name
+
+
 @dataclass
 class Comm:
     """Collectives over named mesh axes, with byte accounting per axis."""
@@ -84,12 +102,21 @@ class Comm:
         finally:
             mon.leave()
 
+    def __post_init__(self) -> None:
+        # Code being compiled counts into a tensor: a Python counter it read and wrote would become a guard of the
+        # compiled graph (a recompile at every change). One slot per name; read back by ``snapshot``.
+        self._traced_names = sorted({*self.groups, "control", "fsdp"})
+        self._traced = torch.zeros(len(self._traced_names), dtype=torch.int64)
+
     def group(self, axis: str) -> AxisGroup:
         if axis not in self.groups:
             raise KeyError(f"unknown mesh axis {axis!r}; known: {sorted(self.groups)}")
         return self.groups[axis]
 
     def _count(self, axis: str, nbytes: int) -> None:
+        if torch.compiler.is_compiling() and axis in self._traced_names:
+            self._traced[self._traced_names.index(axis)] += nbytes
+            return
         self.stats[axis] += int(nbytes)
 
     def all_to_all(
@@ -112,6 +139,21 @@ class Comm:
         elem = send.element_size()
         self._count(axis, elem * (sum(send_splits) - send_splits[g.rank_in_group]))
         return recv
+
+    def start_all_to_all(
+        self, send: torch.Tensor, send_splits: list[int], recv_splits: list[int], axis: str
+    ) -> PendingCollective:
+        """``all_to_all`` without waiting: compute can run until ``wait()`` (issue -> compute -> wait).
+
+        A functional collective, so it traces under ``torch.compile`` as a start node and a wait node; counted as
+        ``all_to_all`` is.
+        """
+        g = self.group(axis)
+        if g.size == 1:
+            return PendingCollective(send, functional=False)
+        out = torch.ops._c10d_functional.all_to_all_single(send, list(recv_splits), list(send_splits), group_name(g))
+        self._count(axis, send.element_size() * (sum(send_splits) - send_splits[g.rank_in_group]))
+        return PendingCollective(out, functional=True)
 
     def all_gather(self, x: torch.Tensor, axis: str, control: bool = False) -> torch.Tensor:
         """All-gather equal-shaped tensors: ``x [*shape]`` -> ``[P, *shape]`` in group-rank order."""
@@ -174,7 +216,12 @@ class Comm:
         return x
 
     def snapshot(self) -> dict[str, int]:
-        return dict(self.stats)
+        out = dict(self.stats)
+        for name, n in zip(self._traced_names, self._traced.tolist()):
+            if n:
+                out[name] = out.get(name, 0) + n
+        return out
 
     def reset(self) -> None:
         self.stats.clear()
+        self._traced.zero_()

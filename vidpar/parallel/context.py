@@ -81,7 +81,12 @@ class ParallelContext:
         dim = dim % x.dim()
         offsets = split_offsets(x.shape[dim], self.sp_size)
         start, stop = offsets[self.sp_rank], offsets[self.sp_rank + 1]
-        return x.narrow(dim, start, stop - start).contiguous()
+        piece = x.narrow(dim, start, stop - start).contiguous()
+        # A size-1 dim lets a narrowed view count as contiguous with its parent's strides; compiled blocks guard on
+        # strides (the first block would compile twice), so such a piece gets the standard ones.
+        if piece.stride() != _standard_strides(piece.shape):
+            piece = piece.clone(memory_format=torch.contiguous_format)
+        return piece
 
     def gather_sequence(self, x: torch.Tensor, dim: int, length: int | None = None) -> torch.Tensor:
         """Inverse of ``shard_sequence``: the full tensor on every rank.
@@ -112,6 +117,15 @@ class ParallelContext:
 
     def reset_comm_stats(self) -> None:
         self.comm.reset()
+
+
+def _standard_strides(shape: torch.Size) -> tuple[int, ...]:
+    """The strides of a freshly allocated contiguous tensor of ``shape``."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def gather_padded(comm: Comm, x: torch.Tensor, dim: int, sizes: list[int], axis: str) -> torch.Tensor:

@@ -43,7 +43,7 @@ def _count_gathers(unit: nn.Module, ctx: ParallelContext, exclude: list[nn.Modul
     sent = shard_bytes * (ctx.world_size - 1)
 
     def count(_module, _args):
-        ctx.comm.stats["fsdp"] += sent
+        ctx.comm._count("fsdp", sent)  # through Comm: also counted right inside compiled blocks
 
     unit.register_forward_pre_hook(count)
 

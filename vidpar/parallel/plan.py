@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .attention import attention
+from .ulysses_overlap import overlapped_attention
 from .context import SP_AXIS, ParallelContext
 from .split import split_sizes
 
@@ -35,11 +36,13 @@ class SequenceParallelAttention(nn.Module):
     lengths are passed to ``attention`` and its length exchange (a collective and, on GPU, a sync) is skipped.
     """
 
-    def __init__(self, ctx: ParallelContext, backend: str = "auto", applied: "AppliedPlan | None" = None) -> None:
+    def __init__(self, ctx: ParallelContext, backend: str = "auto", applied: "AppliedPlan | None" = None,
+                 overlap: bool = False) -> None:
         super().__init__()
         self.ctx = ctx
         self.backend = backend
         self.applied = applied
+        self.overlap = overlap  # Ulysses all-to-alls overlapped with the projections in ``attend``
 
     def forward(
         self,
@@ -58,9 +61,18 @@ class SequenceParallelAttention(nn.Module):
         return attention(q, k, v, self.ctx, joint_q=joint_q, joint_k=joint_k, joint_v=joint_v,
                          backend=self.backend, seq_lens=lens)
 
+    def attend(self, make_q, make_k, make_v, *, out_proj=None, joint_q=None, joint_k=None, joint_v=None):
+        """``LocalAttention.attend`` on this rank's shards; with ``overlap`` the all-to-alls run while the model's
+        projections compute (``vidpar.parallel.ulysses_overlap``), otherwise exactly ``out_proj(self(q, k, v))``."""
+        full = self.applied.seq_len if self.applied is not None else None
+        lens = split_sizes(full, self.ctx.sp_size) if full is not None else None
+        return overlapped_attention((make_q, make_k, make_v), self.ctx, out_proj=out_proj, joint_q=joint_q,
+                                    joint_k=joint_k, joint_v=joint_v, backend=self.backend, seq_lens=lens,
+                                    overlap=self.overlap)
+
     def extra_repr(self) -> str:
         c = self.ctx.config
-        return f"ulysses={c.ulysses}, ring={c.ring}, backend={self.backend!r}"
+        return f"ulysses={c.ulysses}, ring={c.ring}, backend={self.backend!r}, overlap={self.overlap}"
 
 
 def _map_tensors(value, fn):
@@ -202,6 +214,15 @@ def apply_plan(model: nn.Module, plan: ParallelPlan, ctx: ParallelContext) -> nn
                 spec.apply(model.get_submodule(path), ctx, applied, path)
     object.__setattr__(model, _APPLIED_ATTR, applied)
     return model
+
+
+def set_ulysses_overlap(model: nn.Module, enabled: bool) -> int:
+    """Turn the Ulysses overlap of every sequence-parallel attention of ``model`` on or off (default off);
+    returns how many were set. Results are the same either way (``vidpar.parallel.ulysses_overlap``)."""
+    ops = [m for m in model.modules() if isinstance(m, SequenceParallelAttention)]
+    for op in ops:
+        op.overlap = bool(enabled)
+    return len(ops)
 
 
 def remove_plan(model: nn.Module) -> nn.Module:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidpar.kernels import LocalAttention
+from vidpar.kernels import LocalAttention, fused_linear
 
 from .rope import apply_rotary
 
@@ -227,19 +227,28 @@ class HYDoubleStreamBlock(nn.Module):
             self.add_module(f"{stream}_norm2", HYLayerNorm(dim, eps=1e-6, elementwise_affine=False))
             self.add_module(f"{stream}_mlp", HYMLP(dim, ffn_dim))
         self.attn_op = LocalAttention(attention_backend)
+        self.fused_qkv = False  # one GEMM per stream for q, k, v (``vidpar.kernels.set_fused_qkv``); same values
 
     def _qkv(self, stream: str, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
+        """Functions giving one stream's ``q, k, v [B, S, H, head_dim]`` (q and k normed, no rotary)."""
         get = lambda name: getattr(self, f"{stream}_{name}")  # noqa: E731
         h = _modulate(get("norm1")(x), shift, scale).to(get("attn_q").weight.dtype)
         heads = (self.num_heads, -1)
-        q = get("attn_q_norm")(get("attn_q")(h).unflatten(-1, heads))
-        k = get("attn_k_norm")(get("attn_k")(h).unflatten(-1, heads))
-        return q, k, get("attn_v")(h).unflatten(-1, heads)
+        layers = (get("attn_q"), get("attn_k"), get("attn_v"))
+        if self.fused_qkv:
+            q_in, k_in, v_in = fused_linear(h, layers)
+            q_of, k_of, v_of = (lambda: q_in), (lambda: k_in), (lambda: v_in)
+        else:
+            q_of, k_of, v_of = (lambda: layers[0](h)), (lambda: layers[1](h)), (lambda: layers[2](h))
+        return (lambda: get("attn_q_norm")(q_of().unflatten(-1, heads)),
+                lambda: get("attn_k_norm")(k_of().unflatten(-1, heads)),
+                lambda: v_of().unflatten(-1, heads))
 
-    def _finish(self, stream: str, x: torch.Tensor, attn: torch.Tensor, mods: tuple) -> torch.Tensor:
+    def _finish(self, stream: str, x: torch.Tensor, attn_out: torch.Tensor, mods: tuple) -> torch.Tensor:
+        """The residual updates after attention; ``attn_out [B, S, dim]`` is already through ``attn_proj``."""
         get = lambda name: getattr(self, f"{stream}_{name}")  # noqa: E731
         _, _, gate1, shift2, scale2, gate2 = mods
-        x = x + wide(get("attn_proj")(attn.flatten(2))) * gate1
+        x = x + wide(attn_out) * gate1
         return x + wide(get("mlp")(_modulate(get("norm2")(x), shift2, scale2))) * gate2
 
     def forward(
@@ -250,15 +259,21 @@ class HYDoubleStreamBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x ``[B, S, dim]`` fp32 video tokens, context ``[B, T, dim]`` fp32 text tokens (valid ones only),
-        vec ``[B, dim]``, rope ``(cos, sin)`` each ``[1, S, 1, head_dim // 2]`` -> (x, context), same shapes."""
+        vec ``[B, dim]``, rope ``(cos, sin)`` each ``[1, S, 1, head_dim // 2]`` -> (x, context), same shapes.
+
+        The video projections go to ``attn_op.attend`` as functions, so a sequence-parallel op can overlap its
+        all-to-alls with them."""
         img_mods = self.img_mod(vec).unsqueeze(1).chunk(6, dim=-1)  # six [B, 1, dim]
         txt_mods = self.txt_mod(vec).unsqueeze(1).chunk(6, dim=-1)
-        q, k, v = self._qkv("img", x, img_mods[0], img_mods[1])
+        q_of, k_of, v_of = self._qkv("img", x, img_mods[0], img_mods[1])
         cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        tq, tk, tv = self._qkv("txt", context, txt_mods[0], txt_mods[1])
-        attn, txt_attn = self.attn_op(q, k, v, joint_q=tq, joint_k=tk, joint_v=tv)
-        return self._finish("img", x, attn, img_mods), self._finish("txt", context, txt_attn, txt_mods)
+        tq, tk, tv = [f() for f in self._qkv("txt", context, txt_mods[0], txt_mods[1])]
+        attn, txt_attn = self.attn_op.attend(
+            lambda: apply_rotary(q_of(), cos, sin), lambda: apply_rotary(k_of(), cos, sin), v_of,
+            out_proj=lambda out: self.img_attn_proj(out.flatten(2)), joint_q=tq, joint_k=tk, joint_v=tv,
+        )
+        return (self._finish("img", x, attn, img_mods),
+                self._finish("txt", context, self.txt_attn_proj(txt_attn.flatten(2)), txt_mods))
 
 
 class HYFinalLayer(nn.Module):

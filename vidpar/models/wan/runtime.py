@@ -48,6 +48,9 @@ class WanRuntime(LoadedModel):
         from .cache_profile import wan_cache_profile
 
         return wan_cache_profile(module.config, self.name, experts=len(self.denoisers()))
+    def vae_compile_units(self) -> list[nn.Module]:
+        # The decoder's per-chunk call: three graphs (first, second, later latent frames: the causal cache fills).
+        return [self.vae.decoder]
 
     def text_encoder_fsdp(self) -> tuple[nn.Module, list[nn.Module]] | None:
         if self.text_encoder is None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidpar.kernels import LocalAttention
+from vidpar.kernels import LocalAttention, fused_linear
 
 from .rope import apply_rotary
 
@@ -120,14 +120,26 @@ class WanSelfAttention(_WanAttention):
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6,
                  attention_backend: str = "auto") -> None:
         super().__init__(dim, num_heads, qk_norm, eps, attention_backend)
+        self.fused_qkv = False  # one GEMM for q, k, v (``vidpar.kernels.set_fused_qkv``); same values
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x ``[B, S, dim]``, rope ``(cos, sin)`` each ``[1, S, 1, head_dim // 2]`` -> ``[B, S, dim]``."""
+        """x ``[B, S, dim]``, rope ``(cos, sin)`` each ``[1, S, 1, head_dim // 2]`` -> ``[B, S, dim]``.
+
+        The projections go to ``attn_op.attend`` as functions, so a sequence-parallel op can overlap its
+        all-to-alls with them."""
         cos, sin = rope
-        q = apply_rotary(self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1)), cos, sin)
-        k = apply_rotary(self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1)), cos, sin)
-        v = self.v(x).unflatten(-1, (self.num_heads, -1))
-        return self.o(self.attn_op(q, k, v).flatten(2))
+        heads = (self.num_heads, -1)
+        if self.fused_qkv:
+            q_in, k_in, v_in = fused_linear(x, (self.q, self.k, self.v))
+            q_of, k_of, v_of = (lambda: q_in), (lambda: k_in), (lambda: v_in)
+        else:
+            q_of, k_of, v_of = (lambda: self.q(x)), (lambda: self.k(x)), (lambda: self.v(x))
+        return self.attn_op.attend(
+            lambda: apply_rotary(self.norm_q(q_of()).unflatten(-1, heads), cos, sin),
+            lambda: apply_rotary(self.norm_k(k_of()).unflatten(-1, heads), cos, sin),
+            lambda: v_of().unflatten(-1, heads),
+            out_proj=lambda out: self.o(out.flatten(2)),
+        )
 
 
 class WanCrossAttention(_WanAttention):

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from vidpar.kernels.local_attention import project_output
+
 from ..attention import attention
 from ..context import ParallelContext
 from ..split import split_sizes
@@ -79,6 +81,14 @@ class SparseAttentionOp(nn.Module):
         backend = getattr(self.dense, "backend", "auto")
         call = SparseCall(rt.config, rt.grid, rt.cache)
         return attention(q, k, v, self.ctx, backend=backend, seq_lens=lens, sparse=call, **joint)
+
+    def attend(self, make_q, make_k, make_v, *, out_proj=None, **joint):
+        """The model's ``attn_op.attend`` form: dense layers and steps go to the dense op's own ``attend`` (with its
+        Ulysses overlap, if on); sparse ones project first, then attend sparse."""
+        if not self.runtime.sparse_now(self.layer):
+            return self.dense.attend(make_q, make_k, make_v, out_proj=out_proj, **joint)
+        res = self(make_q(), make_k(), make_v(), **joint)
+        return project_output(res, out_proj, joint.get("joint_q") is not None)
 
     def extra_repr(self) -> str:
         return f"layer={self.layer}, {self.runtime.config.describe()}"

@@ -6,8 +6,12 @@
 - ``DELETE /v1/videos/{id}``: cancel (queued: dropped; running: stopped at the next step on every rank) or, for a
   finished job, delete it and its file;
 - ``GET /v1/videos``: list (``after``, ``limit``, ``order``);
-- ``GET /v1/loras`` / ``POST /v1/loras``: the LoRA registry. vidpar cannot load LoRAs yet, so the list is empty
-  and registering answers 501; the routes and the job's ``loras`` field are in place for when it can;
+- ``GET /v1/loras`` (the registry: name, path, sha256, default ``scale`` and ``target``), ``GET /v1/loras/{name}``,
+  ``POST /v1/loras`` (JSON ``{"name", "path", "scale"?, "target"?}``: the file, at an absolute path every rank and
+  replica can read, is checked against the loaded model without changing a weight; 400 with the one-line reason
+  if it does not fit, 409 if the name holds another file; the same registration again is a no-op) and
+  ``DELETE /v1/loras/{name}`` (jobs already accepted keep their file). A job's ``loras`` are resolved against the
+  registry when it is accepted (an unknown name is a 400);
 - ``GET /health`` (never needs the API key), ``GET /metrics`` (Prometheus text).
 
 With an API key every route but ``/health`` needs ``Authorization: Bearer <key>``.
@@ -29,11 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from vidpar.outputs import record_path
 
 from .jobs import FINISHED, QUEUED, RUNNING, JobRecord
+from .lora_registry import LoraConflict, RegisteredLora, parse_registration
 from .protocol import FORMATS, RequestError, build_request, error_body, parse_fields, video_object
 from .state import ServiceState
-
-LORAS_NOT_AVAILABLE = ("this vidpar build cannot load LoRAs yet: the registry is empty and POST /v1/loras is not "
-                       "available")
 
 
 def create_app(state: ServiceState):
@@ -85,6 +87,7 @@ def create_app(state: ServiceState):
         try:
             fields = await read_body(request)
             vr = build_request(fields, state.card, state.served_names)
+            vr = await run_in_threadpool(state.loras.resolve, vr)  # the files this job will use, fixed now
         except RequestError as e:
             return fail(str(e), e.status, e.param)
         try:
@@ -148,11 +151,44 @@ def create_app(state: ServiceState):
 
     @app.get("/v1/loras")
     def list_loras():
-        return {"object": "list", "data": []}
+        return {"object": "list", "data": [entry.api_object() for entry in state.loras.list()]}
+
+    @app.get("/v1/loras/{name}")
+    def retrieve_lora(name: str):
+        entry = state.loras.get(name)
+        if entry is None:
+            return fail(f"no LoRA named {name!r} is registered", 404, "name")
+        return entry.api_object()
 
     @app.post("/v1/loras")
-    def register_lora():
-        return fail(LORAS_NOT_AVAILABLE, 501, code="not_implemented")
+    async def register_lora(request: Request):
+        try:
+            body = json.loads(await request.body() or b"null")
+        except ValueError:
+            return fail("the request body is not valid JSON", 422)
+        try:
+            name, spec = parse_registration(body)
+        except RequestError as e:
+            return fail(str(e), e.status, e.param)
+        try:  # reads and hashes the file and checks it against the denoisers: off the event loop
+            sha256 = await run_in_threadpool(state.check_lora, spec)
+        except ValueError as e:
+            return fail(" ".join(str(e).split()), 400, "path")
+        entry = RegisteredLora(name, str(spec.path), sha256, spec.strength, spec.target)
+        try:
+            entry, created = await run_in_threadpool(state.loras.add, entry)
+        except LoraConflict as e:
+            return fail(str(e), 409, "name")
+        if created:
+            log.info("registered LoRA %r: %s (sha256 %s)", name, entry.path, entry.sha256[:12])
+        return entry.api_object()
+
+    @app.delete("/v1/loras/{name}")
+    def delete_lora(name: str):
+        if not state.loras.remove(name):
+            return fail(f"no LoRA named {name!r} is registered", 404, "name")
+        log.info("unregistered LoRA %r", name)
+        return {"name": name, "object": "lora.deleted", "deleted": True}
 
     @app.get("/health")
     def health():

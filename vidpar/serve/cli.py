@@ -2,9 +2,11 @@
 
     torchrun --nproc-per-node 8 -m vidpar serve --model /ckpt/Wan2.1-T2V-14B-Diffusers --state-dir /data/vidpar
 
-Order of work, as for ``vidpar generate``: every rank validates the arguments (no weights, no collective; exit 2);
-rank 0 opens the job store, locks a SQLite state folder against a second service and checks the port; the model
-loads; the control channel starts; rank 0 requeues the jobs a crash left running, starts the HTTP server and leads
+Order of work, as for ``vidpar generate``: every rank validates the arguments (no weights, no collective; exit 2;
+each ``--lora NAME=FILE`` too: the name, the file, its layout); rank 0 opens the job store, locks a SQLite state
+folder against a second service, checks the port and that no ``--lora`` name is registered with another file; the
+model loads; every rank checks the ``--lora`` files against it (exit 2 if one does not fit) and rank 0 registers
+them; the control channel starts; rank 0 requeues the jobs a crash left running, starts the HTTP server and leads
 the rank loop (``vidpar.serve.worker``). Exit codes: 3 after a drain (SIGTERM/SIGUSR1/SIGINT: stop accepting,
 snapshot the running job, requeue it), 1 when a failure left the process group untrusted or a rank died (the
 supervisor restarts the service; the queue and the running job's snapshot survive), 2 for bad arguments.
@@ -34,8 +36,10 @@ from vidpar.cli.common import (
     parallel_config, report_failure, setup_logging, timeout_of, usage_error,
 )
 from vidpar.launch_env import apply_launch_env
+from vidpar.lora import LoraSpec
 
 from .jobs import StoreLocation, open_store, parse_store_location
+from .lora_registry import LoraRegistry, RegisteredLora, parse_lora_flag, read_checked_lora
 
 API_KEY_ENV = "VIDPAR_API_KEY"
 # Test hook (off unless set): "RANK:N[:exit]" makes that rank raise (or die) at its N-th DiT forward, only in the
@@ -69,6 +73,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                           "job after this long (default 120)")
     run.add_argument("--max-attempts", type=int, default=3,
                      help="a job whose run the service did not survive this many times is failed (default 3)")
+    run.add_argument("--lora", action="append", default=[], metavar="NAME=FILE[:SCALE[:TARGET]]",
+                     help="register a LoRA under NAME for requests to name (repeatable; SCALE: its default strength, "
+                          "1.0; TARGET: 'both' or one expert). The registry lives in --state-dir and keeps what "
+                          "POST /v1/loras added; the file must be readable by every rank at this path")
 
 
 def check_serve_args(args: argparse.Namespace, world_size: int):
@@ -101,11 +109,28 @@ def check_serve_args(args: argparse.Namespace, world_size: int):
         raise UsageError(str(e)) from None
     if location.kind == "postgresql" and importlib.util.find_spec("psycopg") is None:
         raise UsageError("--job-store postgresql://... needs psycopg: pip install 'vidpar[serve]'")
+    args.lora_registrations = check_lora_flags(args.lora)
     _family, source, card = check_model(args.model)
     d = card.defaults
     config = parallel_config(args, world_size, source, (d.height, d.width, d.num_frames))
     args.replica_id = args.replica_id or f"{socket.gethostname()}:{args.port}"
     return source, config, location
+
+
+def check_lora_flags(flags: list[str]) -> list[tuple[str, LoraSpec, str]]:
+    """Every rank, before the model loads: each ``--lora NAME=FILE[:SCALE[:TARGET]]``'s name, file and layout;
+    returns ``[(name, spec with an absolute path, file sha256)]``."""
+    out, seen = [], set()
+    for text in flags:
+        try:
+            name, spec = parse_lora_flag(text)
+            if name in seen:
+                raise ValueError(f"--lora {text!r}: the name {name!r} is given twice")
+            out.append((name, spec, read_checked_lora(spec).sha256))
+        except ValueError as e:
+            raise UsageError(str(e) if str(e).startswith("--lora") else f"--lora {text!r}: {e}") from None
+        seen.add(name)
+    return out
 
 
 def lock_state_dir(state_dir: Path):
@@ -157,6 +182,10 @@ def run_serve(args: argparse.Namespace) -> int:
         return usage_error(rank, "vidpar serve", e, args.verbose)
     try:
         code = _serve(args, launch, source, config, location, store, stop, log)
+    except UsageError as e:  # a --lora file that does not fit the model: found by every rank alike
+        code = usage_error(rank, "vidpar serve", e, args.verbose)
+        logging.shutdown()
+        os._exit(code)  # no teardown collective: nothing was started that needs one
     except Exception as e:  # noqa: BLE001 - any failure: name the rank, exit non-zero, never hang
         report_failure(rank, e, args.verbose)
         logging.shutdown()
@@ -177,10 +206,35 @@ def _open_rank0(args, location: StoreLocation):
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_state_dir(state_dir) if location.kind == "sqlite" else None
     check_port(args.host, args.port)
+    registry = LoraRegistry(state_dir)
+    for entry in _flag_entries(args):
+        try:
+            why = registry.conflict(entry)
+        except ValueError as e:  # an unreadable registry file
+            raise UsageError(str(e)) from None
+        if why is not None:
+            raise UsageError(f"--lora {entry.name}={entry.path}: {why}")
     try:
         return open_store(location), lock
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def _flag_entries(args) -> list[RegisteredLora]:
+    return [RegisteredLora(name, str(spec.path), sha, spec.strength, spec.target)
+            for name, spec, sha in args.lora_registrations]
+
+
+def _check_lora_flags_fit(args, pipe) -> None:
+    """Every rank, after loading: the ``--lora`` files fit the denoisers (the same files and model on every rank,
+    so every rank decides alike); ``UsageError`` (exit 2) naming the first that does not."""
+    for name, spec, _sha in args.lora_registrations:
+        if pipe.comps.lora_keys is None:
+            raise UsageError(f"--lora {name}: {pipe.card.name} ({pipe.card.family}) does not take LoRAs")
+        try:
+            read_checked_lora(spec, pipe.comps.lora_targets(), pipe.comps.lora_keys)
+        except ValueError as e:
+            raise UsageError(f"--lora {name}={spec.path}: {e}") from None
 
 
 def _serve(args, launch, source, config, location, store, stop: StopRequest, log: logging.Logger):
@@ -201,6 +255,7 @@ def _serve(args, launch, source, config, location, store, stop: StopRequest, log
                                     attention_backend=args.attention_backend, vae_mode=args.vae_mode,
                                     backend=args.backend, timeout=timeout)
     install_debug_hooks(pipe, launch.rank)
+    _check_lora_flags_fit(args, pipe)
     channel = ControlChannel(launch.rank, launch.world_size, 2 * timeout + timedelta(seconds=60))
     state_dir = Path(args.state_dir)
     options = WorkerOptions(state_dir, args.checkpoint_every, args.heartbeat, args.lease, args.max_attempts)
@@ -211,17 +266,28 @@ def _serve(args, launch, source, config, location, store, stop: StopRequest, log
         released = store.release(args.replica_id if store.shared else None)
         if released:
             log.warning("requeued %d job(s) a previous run left running: %s", len(released), ", ".join(released))
-        state = ServiceState(
-            store=store, card=pipe.card, served_names=(pipe.card.name, args.model), validate=None, stop=stop,
-            metrics=Metrics(pipe.card.name, args.replica_id, launch.world_size), state_dir=state_dir,
-            replica_id=args.replica_id, world_size=launch.world_size, api_key=args.api_key)
+        registry = LoraRegistry(state_dir)
+        for entry in _flag_entries(args):
+            registry.add(entry)
+        if names := [e.name for e in registry.list()]:
+            log.info("LoRAs registered: %s", ", ".join(names))
 
         def validate(vr) -> None:
             image = decode_image(vr.image)
             with state.tokenizer_lock:
                 pipe.validate(vr.request, image)
 
-        state.validate = validate
+        def check_lora(spec) -> str:
+            # reads names and shapes only; the rank loop never changes the modules' structure, only weight values
+            if pipe.comps.lora_keys is None:
+                raise ValueError(f"{pipe.card.name} ({pipe.card.family}) does not take LoRAs")
+            return read_checked_lora(spec, pipe.comps.lora_targets(), pipe.comps.lora_keys).sha256
+
+        state = ServiceState(
+            store=store, card=pipe.card, served_names=(pipe.card.name, args.model), validate=validate, stop=stop,
+            metrics=Metrics(pipe.card.name, args.replica_id, launch.world_size), state_dir=state_dir,
+            replica_id=args.replica_id, world_size=launch.world_size, loras=registry, check_lora=check_lora,
+            api_key=args.api_key)
         server = HttpServer(create_app(state), args.host, args.port, args.verbose)
         server.start()
         log.info("serving %s on http://%s:%d (replica %s, %d rank(s), %s, loaded in %.1f s)%s", pipe.card.name,

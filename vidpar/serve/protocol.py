@@ -10,8 +10,10 @@ Fields: ``model`` (must name the served model if given), ``prompt``, ``size`` ``
 ``steps``, ``guidance_scale``, ``guidance_scale_2``, ``scheduler``, ``flow_shift``, ``image`` (base64, or a
 multipart file ``image`` / ``input_reference``), ``format`` (``"mp4"``, the default, or ``"npy"``: the exact
 uint8 frames ``[T, H, W, 3]``, lossless; H.264 is lossy and its encoder's output varies slightly between runs)
-and ``loras`` (``[{"name": ..., "scale": ...}]``, refused until vidpar can load LoRAs). Status 422: the body is malformed (not JSON, unknown field, wrong type); 400: the values
-are ones the model cannot use.
+and ``loras`` (``[{"name": ..., "scale": ...}]``: LoRAs registered with the service, ``scale`` defaulting to the
+registered one; the app resolves each name to its file and SHA-256 when it accepts the job, see
+``vidpar.serve.lora_registry``). Status 422: the body is malformed (not JSON, unknown field, wrong type); 400: the
+values are ones the model cannot use.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ FIELD_KINDS = {
 }
 FORMATS = {"mp4": "video/mp4", "npy": "application/x-npy"}  # output format -> content type
 IMAGE_FILE_FIELDS = ("image", "input_reference")
-LORA_UNAVAILABLE = ("loras: this vidpar build cannot load LoRAs yet (GET /v1/loras lists none); leave 'loras' out")
 
 
 class RequestError(ValueError):
@@ -54,10 +55,17 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class LoraRef:
-    """A LoRA registered with the service, applied to one job with ``scale``."""
+    """A LoRA registered with the service, applied to one job with ``scale`` (None: the registered default).
+
+    As parsed from a request only ``name`` (and maybe ``scale``) is set; once the job is accepted the registry
+    fills in ``path``, ``sha256``, ``target`` and the scale, and the job keeps these (a name registered again later
+    does not change it)."""
 
     name: str
-    scale: float = 1.0
+    scale: float | None = None
+    path: str | None = None
+    sha256: str | None = None
+    target: str = "both"
 
 
 @dataclass(frozen=True)
@@ -164,14 +172,17 @@ def frames_for_seconds(seconds: float, card: ModelCard) -> int:
 
 
 def parse_loras(items: list) -> tuple[LoraRef, ...]:
+    """The ``loras`` field -> unresolved ``LoraRef`` items (names not checked against the registry yet); 422 when
+    malformed."""
     refs = []
     for i, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or set(item) - {"name", "scale"}:
             raise RequestError(f"loras[{i}] must be {{\"name\": str, \"scale\": number}}", 422, "loras")
-        scale = item.get("scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        scale = item.get("scale")
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                                  or not math.isfinite(scale)):
             raise RequestError(f"loras[{i}].scale must be a finite number, got {scale!r}", 422, "loras")
-        refs.append(LoraRef(item["name"], float(scale)))
+        refs.append(LoraRef(item["name"], None if scale is None else float(scale)))
     return tuple(refs)
 
 
@@ -193,8 +204,6 @@ def build_request(fields: dict[str, Any], card: ModelCard, served: tuple[str, ..
     if fmt not in FORMATS:
         raise RequestError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}", 400, "format")
     loras = parse_loras(fields.get("loras", []))
-    if loras:
-        raise RequestError(LORA_UNAVAILABLE, 400, "loras")
     req = GenerationRequest(
         fields["prompt"], fields.get("negative_prompt"), height, width, frames, fields.get("steps"),
         fields.get("guidance_scale"), fields.get("guidance_scale_2"), fields.get("seed", 0), fields.get("scheduler"),
@@ -226,7 +235,7 @@ def clip_seconds(num_frames: int, fps: int) -> str:
 
 def video_object(job: JobRecord, fps: int) -> dict[str, Any]:
     """The OpenAI ``Video`` object of a job (plus vidpar's ``num_frames``, ``steps``, ``seed``, ``attempts``,
-    ``format``)."""
+    ``format``, ``loras``: ``[{"name", "scale", "sha256"}]``)."""
     gen = job.request["generation"]
     return {
         "id": job.id, "object": "video", "model": job.model, "status": job.status, "progress": int(job.progress),
@@ -236,6 +245,7 @@ def video_object(job: JobRecord, fps: int) -> dict[str, Any]:
         "size": f"{gen['width']}x{gen['height']}", "remixed_from_video_id": None, "error": job.error,
         "num_frames": gen["num_frames"], "steps": gen["num_steps"], "seed": gen["seed"], "attempts": job.attempts,
         "format": job.request.get("format", "mp4"),
+        "loras": [{k: lora.get(k) for k in ("name", "scale", "sha256")} for lora in job.request.get("loras", ())],
     }
 
 
@@ -247,5 +257,5 @@ def error_body(message: str, status: int, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-__all__ = ["FORMATS", "LORA_UNAVAILABLE", "LoraRef", "RequestError", "VideoRequest", "build_request", "clip_seconds",
+__all__ = ["FORMATS", "LoraRef", "RequestError", "VideoRequest", "build_request", "clip_seconds",
            "decode_image", "error_body", "frames_for_seconds", "parse_fields", "parse_size", "video_object"]

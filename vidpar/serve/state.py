@@ -1,4 +1,5 @@
-"""What rank 0's HTTP threads and its worker loop share: the job store, the validator, the stop flag, metrics."""
+"""What rank 0's HTTP threads and its worker loop share: the job store, the LoRA registry, the validators, the stop
+flag, metrics."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 from typing import Callable
 
 from vidpar.checkpoint import StopRequest
+from vidpar.lora import LoraSpec
 from vidpar.models.family import ModelCard
 
 from .jobs import JobStore
+from .lora_registry import LoraRegistry
 from .metrics import Metrics
 from .protocol import VideoRequest
 
@@ -19,7 +22,9 @@ from .protocol import VideoRequest
 class ServiceState:
     """Rank 0's service. ``validate`` raises ``ValueError`` for a request the model cannot run (no collective);
     ``tokenizer_lock`` keeps it from using the tokenizer while a job's prompt is being encoded (fast tokenizers
-    refuse concurrent use with different settings)."""
+    refuse concurrent use with different settings). ``check_lora`` reads a LoRA file and checks it against the
+    loaded denoisers (names and shapes only: no weight changes, no collective); it returns the file's SHA-256 or
+    raises ``ValueError``."""
 
     store: JobStore
     card: ModelCard
@@ -30,6 +35,8 @@ class ServiceState:
     state_dir: Path
     replica_id: str
     world_size: int
+    loras: LoraRegistry
+    check_lora: Callable[[LoraSpec], str]
     api_key: str | None = None
     wake: threading.Event = field(default_factory=threading.Event)  # set when a job was submitted
     tokenizer_lock: threading.Lock = field(default_factory=threading.Lock)

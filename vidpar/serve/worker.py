@@ -4,6 +4,13 @@ Rank 0 claims the next job from the store and announces it on the control channe
 every rank runs it with ``Pipeline.generate`` (checkpointing every ``checkpoint_every`` steps into the job's own
 folder, so an interrupted job resumes), and the ranks then agree on the outcome:
 
+Before a job every rank puts the job's LoRA set into the weights: when the set differs from the one merged
+(compared by content hash, strength and target), ``unload_loras`` restores the base weights bit for bit and
+``load_loras`` merges the new set (checked and agreed on every rank before any weight changes). A LoRA file that
+is missing or changed since the job was accepted, or does not load, fails that job with its message; the base
+weights are back by then and the service goes on. The set's digest is part of the job's snapshot key
+(``Pipeline.generate``), so a resumed job resumes with the same LoRAs.
+
 - all ok: rank 0 has written the video (mp4, or npy frames; atomically); the job is ``completed``;
 - interrupted by a cancellation (``DELETE``): ``cancelled``, its snapshot removed;
 - interrupted by a signal (SIGTERM drain): the job goes back to the queue with its snapshot; every rank exits 3;
@@ -29,6 +36,8 @@ from pathlib import Path
 import torch
 
 from vidpar.checkpoint import REQUEUE_EXIT_CODE, SNAPSHOT, GenerationInterrupted, StopRequest
+from vidpar.lora import LoraSpec, file_sha256, lora_set_digest
+from vidpar.parallel.agree import run_agreed
 
 from .control import FAILED, IDLE, INTERRUPTED, JOB, OK, ControlChannel, Report, is_collective_failure
 from .jobs import CANCELLED, COMPLETED, FAILED as JOB_FAILED, JobRecord
@@ -174,6 +183,7 @@ class Worker:
         self.pipe, self.channel, self.stop, self.options = pipe, channel, stop, options
         self.state, self.log = state, log
         self.rank = channel.rank
+        self.lora_set: str | None = None  # digest of the LoRA set merged now (None: the base weights)
 
     # ---- rank 0: the queue
 
@@ -244,6 +254,7 @@ class Worker:
         try:
             if monitor is not None:
                 monitor.start()
+            self._switch_loras(job_id, vr)
             r = vr.request
             video = self.pipe.generate(
                 r.prompt, r.negative_prompt, height=r.height, width=r.width, num_frames=r.num_frames,
@@ -269,6 +280,28 @@ class Worker:
         if self.rank == 0:
             self._record(job, decision, reports, time.perf_counter() - t0, monitor)
         return decision
+
+    def _switch_loras(self, job_id: str, vr: VideoRequest) -> None:
+        """Every rank: merge the job's LoRA set, unless it is the one merged now (the same on every rank: every
+        rank ran the same jobs). On any failure the base weights are restored before the error propagates."""
+        wanted = lora_set_digest((lora.sha256, lora.scale, lora.target) for lora in vr.loras) if vr.loras else None
+        if wanted == self.lora_set:
+            return
+        t0 = time.perf_counter()
+        self.pipe.unload_loras()  # no collective; the base weights, bit for bit
+        self.lora_set = None
+        if not vr.loras:
+            return
+        try:
+            run_agreed(self.pipe.ctx, lambda: check_job_lora_files(vr), what="checking the job's LoRA files")
+            self.pipe.load_loras([LoraSpec(Path(lora.path), lora.scale, lora.target) for lora in vr.loras])
+        except Exception:
+            self.pipe.unload_loras()  # load_loras changes nothing when it fails; drop its empty handle too
+            raise
+        self.lora_set = wanted
+        if self.rank == 0:
+            self.log.info("job %s: LoRAs %s merged in %.2f s", job_id,
+                          ", ".join(f"{lora.name}:{lora.scale:g}" for lora in vr.loras), time.perf_counter() - t0)
 
     def _record(self, job: JobRecord, decision: Decision, reports: list[Report], seconds: float,
                 monitor: JobMonitor) -> None:
@@ -309,6 +342,19 @@ class Worker:
             os.remove(path)
 
 
+def check_job_lora_files(vr: VideoRequest) -> None:
+    """Each of the job's LoRA files still exists and holds the bytes it was accepted with (its SHA-256);
+    ``ValueError`` naming the LoRA otherwise."""
+    for lora in vr.loras:
+        path = Path(lora.path)
+        if not path.is_file():
+            raise ValueError(f"LoRA {lora.name!r}: {path} does not exist (any more) on this rank")
+        sha = file_sha256(path)
+        if sha != lora.sha256:
+            raise ValueError(f"LoRA {lora.name!r}: {path} changed since the job was accepted (sha256 {sha[:12]}..., "
+                             f"registered {lora.sha256[:12]}...); register the new file and submit again")
+
+
 def _cancel_error() -> dict[str, str]:
     return {"code": "cancelled", "message": "cancelled by a DELETE request"}
 
@@ -316,7 +362,9 @@ def _cancel_error() -> dict[str, str]:
 def _describe(vr: VideoRequest) -> str:
     r = vr.request
     return (f"{r.prompt!r}, {r.width}x{r.height}, {r.num_frames} frames, {r.num_steps} steps, seed {r.seed}"
-            + (", with an image" if vr.image is not None else ""))
+            + (", with an image" if vr.image is not None else "")
+            + (f", LoRAs {', '.join(lora.name for lora in vr.loras)}" if vr.loras else ""))
 
 
-__all__ = ["Decision", "JobMonitor", "JobStop", "Worker", "WorkerOptions", "decide", "snapshot_step"]
+__all__ = ["Decision", "JobMonitor", "JobStop", "Worker", "WorkerOptions", "check_job_lora_files", "decide",
+           "snapshot_step"]

@@ -142,7 +142,7 @@ def test_bad_requests_get_the_cli_messages_and_never_become_jobs(service, client
         (400, {"model": "sora-2"}, "model 'sora-2' is not served here; this service runs 'tiny'"),
         (400, {"size": "big"}, "size must be 'WIDTHxHEIGHT'"),
         (400, {"seconds": 4}, "give seconds or num_frames, not both"),
-        (400, {"loras": [{"name": "style", "scale": 0.8}]}, "cannot load LoRAs yet"),
+        (400, {"loras": [{"name": "style", "scale": 0.8}]}, "loras[0]: no LoRA named 'style' is registered"),
         (422, {"seed": "3"}, "seed must be an integer, got '3'"),
         (422, {"colour": "red"}, "unknown field(s) ['colour']"),
         (422, {"image": "%%%"}, "image must be base64"),
@@ -165,12 +165,6 @@ def test_bad_requests_get_the_cli_messages_and_never_become_jobs(service, client
     after = len(client.get("/v1/videos", params={"limit": 1000}).json()["data"])
     assert after == before  # none of them became a job
     assert client.get("/v1/videos/video_nope").status_code == 404
-
-
-def test_loras_registry_is_designed_but_empty(client):
-    assert client.get("/v1/loras").json() == {"object": "list", "data": []}
-    r = client.post("/v1/loras", json={"name": "style", "path": "/x.safetensors"})
-    assert r.status_code == 501 and "cannot load LoRAs yet" in r.json()["error"]["message"]
 
 
 def test_metrics_and_listing(client):

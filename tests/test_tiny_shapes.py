@@ -59,7 +59,7 @@ def parity_task(env, degrees):
 @pytest.fixture(scope="module")
 def parity_reference() -> np.ndarray:
     frames = single_pipeline(torch.float64).generate(PARITY_PROMPT, seed=3, **SAMPLING).frames
-    Video(frames).save(artifact_dir("world1"))
+    Video(frames).save(artifact_dir("world1"), overwrite=True)  # a rerun replaces its own frames
     return frames
 
 
@@ -75,5 +75,5 @@ def test_parity_reference_is_recognisable(parity_reference):
 @pytest.mark.parametrize("world,degrees", PARITY_MESHES, ids=[str(m[1]) for m in PARITY_MESHES])
 def test_same_frames_on_any_mesh(pools, parity_reference, world, degrees):
     frames = pools(world).run(parity_task, degrees)
-    Video(frames[0]).save(artifact_dir(f"world{world}_u{degrees[0]}r{degrees[1]}c{degrees[2]}"))
+    Video(frames[0]).save(artifact_dir(f"world{world}_u{degrees[0]}r{degrees[1]}c{degrees[2]}"), overwrite=True)
     assert np.array_equal(frames[0], parity_reference), "float64 frames must be identical on every mesh"

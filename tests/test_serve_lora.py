@@ -231,8 +231,10 @@ def test_a_queued_job_keeps_its_file_and_a_changed_file_fails_only_its_job(serve
     shutil.copy(files["style"], swap)
     shutil.copy(files["style"], broken)
     with svc.client() as client:
-        for name, path in (("swap", swap), ("broken", broken)):
-            r = client.post("/v1/loras", json={"name": name, "path": str(path), "scale": 0.7})
+        # 'broken' at another scale than 'swap': its job must read its file again (an identical set already merged
+        # is reused without reading: those weights are the bytes the job was accepted with)
+        for name, path, scale in (("swap", swap, 0.7), ("broken", broken, 0.5)):
+            r = client.post("/v1/loras", json={"name": name, "path": str(path), "scale": scale})
             assert r.status_code == 200, r.text
         long = submit(client, steps=2000)  # holds the queue until it is cancelled
         wait_status(client, long["id"], ("in_progress",), min_progress=1)

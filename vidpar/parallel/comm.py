@@ -92,7 +92,9 @@ class Comm:
         """Run one collective; if it raises, re-raise as ``PeerFailure`` naming the ranks that failed or stopped
         answering (from the heartbeat channel) and the collective and axis."""
         mon = self.monitor
-        if mon is None:
+        if mon is None or torch.compiler.is_compiling():
+            # Compiled code cannot update the monitor's Python state (its counter would become a guard: a recompile
+            # per collective); a collective inside a compiled block that fails is reported by the process group.
             return fn()
         mon.enter(op, axis)
         try:

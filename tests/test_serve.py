@@ -58,6 +58,19 @@ def test_a_video_equals_vidpar_generate_with_the_same_arguments(service, client,
     assert decoded.shape == frames.shape and np.corrcoef(decoded.ravel(), frames.ravel())[0, 1] > 0.8
 
 
+def test_a_cached_job_equals_vidpar_generate_with_the_same_cache(client, tmp_path):
+    cache = {"policy": "fbcache", "threshold": 0.5, "warmup_steps": 1}
+    job = submit(client, steps=6, cache=cache)
+    assert job["cache"] == {"name": "fbcache", "threshold": 0.5, "warmup_steps": 1}
+    assert wait_status(client, job["id"])["status"] == "completed"
+    frames = download_frames(client, job["id"], tmp_path)
+    ref = run_vidpar(["generate", *TINY, "--steps", "6", "--dtype", "float64", "--cache", "fbcache",
+                      "--cache-threshold", "0.5", "--cache-warmup", "1", "--out", "ref.npy"], tmp_path)
+    assert ref.returncode == 0, ref.stdout
+    assert "step cache fbcache: " in ref.stdout and " 0 skipped" not in ref.stdout, ref.stdout  # it did skip
+    assert np.array_equal(frames, np.load(tmp_path / "ref.npy"))
+
+
 def test_concurrent_submissions_each_get_their_own_video(client, tmp_path):
     seeds = [11, 12, 11, 13, 14, 12]
     ids: list[str | None] = [None] * len(seeds)

@@ -3,6 +3,7 @@ parsing, and the throughput planner's queue simulation against the M/D/1 formula
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -95,6 +96,34 @@ def test_request_parsing():
         with pytest.raises(RequestError) as e:
             parse_fields(bad)
         assert e.value.status == status
+
+
+def test_cache_field():
+    from vidpar.cache import FBCache, TeaCache
+    from vidpar.cache.guard import CacheGuard
+    from vidpar.models.registry import model_card
+
+    card = model_card("tiny")
+    plain = build_request({"prompt": "p"}, card, ("tiny",))
+    assert plain.cache is None and plain.cache_policy() is None
+    named = build_request(parse_fields({"prompt": "p", "cache": "teacache"}), card, ("tiny",))
+    assert named.cache_policy() == TeaCache()
+    form = parse_fields({"prompt": "p", "cache": '{"policy": "fbcache", "threshold": 0.3, "warmup_steps": 0}'},
+                        from_form=True)
+    vr = build_request(form, card, ("tiny",))
+    assert vr.cache_policy() == FBCache(0.3, guard=CacheGuard(0, None, 1))
+    assert type(vr).from_json(json.loads(json.dumps(vr.to_json()))) == vr  # as stored with the job
+    for cache, status, message in [
+        ({"threshold": 0.1}, 422, "cache must be a policy name or"),
+        (["fbcache"], 422, "cache must be a policy name or"),
+        ({"policy": "fbcache", "colour": 1}, 422, "cache: unknown option(s) ['colour']"),
+        ({"policy": "lazy"}, 400, "cache lazy: unknown cache policy 'lazy'"),
+        ({"policy": "teacache", "interval": 3}, 400, "cache teacache: teacache takes no interval"),
+        ({"policy": "fbcache", "threshold": -1}, 400, "cache fbcache: threshold must be a finite number >= 0"),
+    ]:
+        with pytest.raises(RequestError) as e:
+            build_request(parse_fields({"prompt": "p", "cache": cache}), card, ("tiny",))
+        assert e.value.status == status and message in str(e.value), (cache, str(e.value))
 
 
 def test_replica_throughput_plan_and_queue_simulation():

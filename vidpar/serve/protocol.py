@@ -12,7 +12,9 @@ multipart file ``image`` / ``input_reference``), ``format`` (``"mp4"``, the defa
 uint8 frames ``[T, H, W, 3]``, lossless; H.264 is lossy and its encoder's output varies slightly between runs)
 and ``loras`` (``[{"name": ..., "scale": ...}]``: LoRAs registered with the service, ``scale`` defaulting to the
 registered one; the app resolves each name to its file and SHA-256 when it accepts the job, see
-``vidpar.serve.lora_registry``). Status 422: the body is malformed (not JSON, unknown field, wrong type); 400: the
+``vidpar.serve.lora_registry``) and ``cache`` (step caching: a policy name, or ``{"policy": "fbcache",
+"threshold": 0.1, "warmup_steps": 2, "max_skips": ..., "final_steps": ..., "probe_blocks": ..., "interval": ...}``
+as ``vidpar generate --cache``; the model's defaults for options left out). Status 422: the body is malformed (not JSON, unknown field, wrong type); 400: the
 values are ones the model cannot use.
 """
 
@@ -37,8 +39,9 @@ FIELD_KINDS = {
     "model": "str", "prompt": "str", "size": "str", "seconds": "seconds", "num_frames": "int",
     "negative_prompt": "str", "seed": "int", "steps": "int", "guidance_scale": "number",
     "guidance_scale_2": "number", "scheduler": "str", "flow_shift": "number", "image": "str", "loras": "list",
-    "format": "str",
+    "format": "str", "cache": "cache",
 }
+CACHE_OPTIONS = ("threshold", "warmup_steps", "max_skips", "final_steps", "probe_blocks", "interval")
 FORMATS = {"mp4": "video/mp4", "npy": "application/x-npy"}  # output format -> content type
 IMAGE_FILE_FIELDS = ("image", "input_reference")
 
@@ -76,19 +79,29 @@ class VideoRequest:
     image: bytes | None = None
     loras: tuple[LoraRef, ...] = ()
     format: str = "mp4"
+    cache: dict[str, Any] | None = None  # ``vidpar.cache.make_policy`` arguments ({"name": ..., options}), or None
+
+    def cache_policy(self):
+        """The job's step-cache policy (``vidpar.cache``), or None."""
+        if self.cache is None:
+            return None
+        from vidpar.cache import make_policy
+
+        return make_policy(**self.cache)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (stored with the job and broadcast to every rank)."""
         return {"generation": asdict(self.request),
                 "image": None if self.image is None else base64.b64encode(self.image).decode("ascii"),
-                "loras": [asdict(lora) for lora in self.loras], "format": self.format}
+                "loras": [asdict(lora) for lora in self.loras], "format": self.format, "cache": self.cache}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "VideoRequest":
         image = data.get("image")
         return cls(GenerationRequest(**data["generation"]),
                    None if image is None else base64.b64decode(image),
-                   tuple(LoraRef(**lora) for lora in data.get("loras", ())), data.get("format", "mp4"))
+                   tuple(LoraRef(**lora) for lora in data.get("loras", ())), data.get("format", "mp4"),
+                   data.get("cache"))
 
 
 def _coerce(name: str, value: Any, from_form: bool) -> Any:
@@ -96,6 +109,17 @@ def _coerce(name: str, value: Any, from_form: bool) -> Any:
     kind = FIELD_KINDS[name]
     if value is None:
         return None
+    if kind == "cache":  # "fbcache" or {"policy": "fbcache", "threshold": 0.1, ...}
+        if from_form and isinstance(value, str) and value.lstrip().startswith("{"):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise RequestError(f"{name} must be a policy name or a JSON object", 422, name) from None
+        if isinstance(value, str):
+            value = {"policy": value}
+        if not isinstance(value, dict) or not isinstance(value.get("policy"), str):
+            raise RequestError(f"{name} must be a policy name or {{\"policy\": name, option: value, ...}}", 422, name)
+        return value
     if kind == "list":
         if from_form:
             try:
@@ -204,6 +228,7 @@ def build_request(fields: dict[str, Any], card: ModelCard, served: tuple[str, ..
     if fmt not in FORMATS:
         raise RequestError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}", 400, "format")
     loras = parse_loras(fields.get("loras", []))
+    cache = parse_cache(fields.get("cache"))
     req = GenerationRequest(
         fields["prompt"], fields.get("negative_prompt"), height, width, frames, fields.get("steps"),
         fields.get("guidance_scale"), fields.get("guidance_scale_2"), fields.get("seed", 0), fields.get("scheduler"),
@@ -212,7 +237,25 @@ def build_request(fields: dict[str, Any], card: ModelCard, served: tuple[str, ..
     image = fields.get("image_bytes")
     if image is not None and len(image) > MAX_IMAGE_BYTES:
         raise RequestError(f"image is larger than {MAX_IMAGE_BYTES // 2**20} MiB", 400, "image")
-    return VideoRequest(req, image, loras, fmt)
+    return VideoRequest(req, image, loras, fmt, cache)
+
+
+def parse_cache(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``cache`` field -> ``make_policy`` arguments, checked by building the policy (400 naming the option as
+    ``vidpar generate --cache`` would; 422 for an unknown option)."""
+    if spec is None:
+        return None
+    from vidpar.cache import make_policy
+
+    unknown = sorted(set(spec) - {"policy", *CACHE_OPTIONS})
+    if unknown:
+        raise RequestError(f"cache: unknown option(s) {unknown}; known: {list(CACHE_OPTIONS)}", 422, "cache")
+    args = {"name": spec["policy"], **{k: v for k, v in spec.items() if k != "policy"}}
+    try:
+        make_policy(**args)
+    except (TypeError, ValueError) as e:
+        raise RequestError(f"cache {spec['policy']}: {e}", 400, "cache") from None
+    return args
 
 
 def decode_image(data: bytes | None):
@@ -244,7 +287,7 @@ def video_object(job: JobRecord, fps: int) -> dict[str, Any]:
         "expires_at": None, "prompt": gen["prompt"], "seconds": clip_seconds(gen["num_frames"], fps),
         "size": f"{gen['width']}x{gen['height']}", "remixed_from_video_id": None, "error": job.error,
         "num_frames": gen["num_frames"], "steps": gen["num_steps"], "seed": gen["seed"], "attempts": job.attempts,
-        "format": job.request.get("format", "mp4"),
+        "format": job.request.get("format", "mp4"), "cache": job.request.get("cache"),
         "loras": [{k: lora.get(k) for k in ("name", "scale", "sha256")} for lora in job.request.get("loras", ())],
     }
 

@@ -260,7 +260,8 @@ class Worker:
                 r.prompt, r.negative_prompt, height=r.height, width=r.width, num_frames=r.num_frames,
                 num_steps=r.num_steps, guidance_scale=r.guidance_scale, guidance_scale_2=r.guidance_scale_2,
                 seed=r.seed, scheduler=r.scheduler, flow_shift=r.flow_shift, output="rank0", checkpoint_dir=ckpt,
-                checkpoint_every=self.options.checkpoint_every, stop=stop, image=decode_image(vr.image))
+                checkpoint_every=self.options.checkpoint_every, stop=stop, image=decode_image(vr.image),
+                cache=vr.cache_policy())
             if self.rank == 0:
                 monitor.release_tokenizer()
                 video.save(self.state.output_path(job_id, vr.format), fps=self.state.fps)

@@ -11,11 +11,10 @@ import torch
 
 from vidpar.cache import CacheGuard, FBCache, MagCache, TaylorSeer, TeaCache
 from vidpar.checkpoint import GenerationInterrupted, StopRequest
-from vidpar.models.wan.components import load_components
 from vidpar.parallel import ParallelConfig, init_parallel
-from vidpar.pipeline import Pipeline
 
 from cache_loop import cached_loop
+from test_pipeline import make_pipeline  # the tiny pipeline, optionally with a Wan 2.2-style expert pair
 
 REQUEST = dict(prompt="a red fox in snow", height=32, width=32, num_frames=5, num_steps=10, seed=7)
 # Thresholds that make each policy skip some (not all) of the tiny model's 10 steps.
@@ -27,17 +26,6 @@ POLICIES = {
 }
 FLOAT32_POLICIES = ("fbcache", "teacache")  # the two whose decisions come from reduced activations / embeddings
 MESHES = [(2, (2, 1, 1)), (2, (1, 2, 1)), (2, (1, 1, 2)), (4, (2, 2, 1)), (4, (1, 2, 2)), (4, (2, 1, 2))]
-
-
-def make_pipeline(ctx, dtype, experts=False, fsdp=False) -> Pipeline:
-    comps = load_components("tiny", dtype, ctx.device, load_text_encoder=fsdp or ctx.rank == 0)
-    if experts:  # a Wan 2.2 A14B-style pair (as tests/test_pipeline.py)
-        second = load_components("tiny", dtype, ctx.device, load_text_encoder=False).transformer
-        with torch.no_grad():
-            for p in second.parameters():
-                p.mul_(0.9)
-        comps.transformer_2, comps.boundary_ratio = second, 0.875
-    return Pipeline(comps, ctx, dtype, fsdp=fsdp)
 
 
 def decisions(meta: dict) -> list[int]:

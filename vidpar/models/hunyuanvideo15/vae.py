@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidpar.models.staged_decoder import StagedDecoder
+
 from .vae_blocks import CausalConv3d, Downsample, MidBlock, ResnetBlock, RMSNorm, TimeCache, Upsample
 from .vae_config import HunyuanVideo15VAEConfig
 
@@ -77,7 +79,7 @@ class Encoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x))) + shortcut
 
 
-class Decoder(nn.Module):
+class Decoder(StagedDecoder):
     """Latent chunk ``[B, latent, t, h, w]`` -> video chunk ``[B, 3, t', s*h, s*w]`` as a list of stages.
 
     Stages: ``0`` conv_in (plus the latent's channels repeated); ``1`` mid_block; ``2 .. 1+len(up_blocks)`` the up
@@ -97,23 +99,6 @@ class Decoder(nn.Module):
         last = levels[-1].up_dim if levels[-1].up_dim is not None else levels[-1].out_dim
         self.norm_out = RMSNorm(last)
         self.conv_out = CausalConv3d(last, cfg.out_channels)
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.up_blocks) + 3
-
-    def stage_modules(self, i: int) -> list[nn.Module]:
-        """The modules (and so the parameters and cache entries) stage ``i`` owns."""
-        n = self.num_stages
-        if not 0 <= i < n:
-            raise ValueError(f"stage index {i} out of range [0, {n})")
-        if i == 0:
-            return [self.conv_in]
-        if i == 1:
-            return [self.mid_block]
-        if i == n - 1:
-            return [self.norm_out, self.conv_out]
-        return [self.up_blocks[i - 2]]
 
     def forward_stage(self, i: int, x: torch.Tensor, cache: TimeCache | None, first_chunk: bool = True) -> torch.Tensor:
         """Run stage ``i`` on one time chunk ``x [B, C_i, t, H_i, W_i]``; returns the next stage's input."""

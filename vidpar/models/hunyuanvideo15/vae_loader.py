@@ -23,6 +23,8 @@ from typing import Mapping
 
 import torch
 
+from vidpar.models.state_dict_check import state_dict_mismatch
+
 from .vae import HunyuanVideo15VAE
 from .vae_config import HunyuanVideo15VAEConfig
 
@@ -84,26 +86,9 @@ def is_official_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
 def check_state_dict(model: HunyuanVideo15VAE, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise ``ValueError`` naming ``source`` and the missing, unexpected and wrong-shape keys (``model`` may live
     on the meta device)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state_dict)
-        if tuple(state_dict[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or wrong:
-
-        def show(names: list[str]) -> str:
-            return ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-
-        parts = [
-            f"{label} ({len(names)}): {show(names)}"
-            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if names
-        ]
-        raise ValueError(f"HunyuanVideo-1.5 VAE checkpoint {source} does not match the model config; "
-                         + "; ".join(parts))
+    mismatch = state_dict_mismatch(model.state_dict(), state_dict)
+    if mismatch is not None:
+        raise ValueError(f"HunyuanVideo-1.5 VAE checkpoint {source} does not match the model config; " + mismatch)
 
 
 def _read_safetensors_folder(folder: Path) -> tuple[dict[str, torch.Tensor], str]:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidpar.models.staged_decoder import StagedDecoder
+
 from .vae_blocks import (
     AvgDown3D,
     CausalConv3d,
@@ -118,7 +120,7 @@ class WanEncoder3d(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)), cache)
 
 
-class WanDecoder3d(nn.Module):
+class WanDecoder3d(StagedDecoder):
     """Latent chunk ``[B, z_dim, t, h, w]`` -> pixel chunk ``[B, out_channels, t', 8h, 8w]`` as a list of stages.
 
     Stages: ``0`` conv_in; ``1`` mid_block; ``2 .. 1+len(up_blocks)`` the up blocks; last: head (norm_out, SiLU,
@@ -135,23 +137,6 @@ class WanDecoder3d(nn.Module):
         )
         self.norm_out = RMSNorm(dims[-1], images=False)
         self.conv_out = CausalConv3d(dims[-1], cfg.out_channels, 3, padding=1)
-
-    @property
-    def num_stages(self) -> int:
-        return len(self.up_blocks) + 3
-
-    def stage_modules(self, i: int) -> list[nn.Module]:
-        """The modules (and so the parameters and cache entries) stage ``i`` owns."""
-        n = self.num_stages
-        if not 0 <= i < n:
-            raise ValueError(f"stage index {i} out of range [0, {n})")
-        if i == 0:
-            return [self.conv_in]
-        if i == 1:
-            return [self.mid_block]
-        if i == n - 1:
-            return [self.norm_out, self.conv_out]
-        return [self.up_blocks[i - 2]]
 
     def forward_stage(self, i: int, x: torch.Tensor, cache: FeatureCache, first_chunk: bool = False) -> torch.Tensor:
         """Run stage ``i`` on one time chunk ``x [B, C_i, t, H_i, W_i]``; returns the next stage's input."""

@@ -16,6 +16,7 @@ from typing import Mapping
 
 import torch
 
+from vidpar.models.state_dict_check import state_dict_mismatch
 from vidpar.models.weights import load_safetensors_file, load_torch_file, read_json
 
 from .vae import WanVAE
@@ -116,25 +117,9 @@ def preset_for_official(state_dict: Mapping[str, torch.Tensor]) -> WanVAEConfig:
 
 def load_state_dict_checked(model: WanVAE, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Strict load; raise ``ValueError`` naming missing, unexpected and wrong-shape keys."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    wrong = sorted(
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state_dict)
-        if tuple(state_dict[k].shape) != tuple(own[k].shape)
-    )
-    if missing or unexpected or wrong:
-
-        def show(names: list[str]) -> str:
-            return ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-
-        parts = [
-            f"{label} ({len(names)}): {show(names)}"
-            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if names
-        ]
-        raise ValueError("Wan VAE checkpoint does not match the model config; " + "; ".join(parts))
+    mismatch = state_dict_mismatch(model.state_dict(), state_dict)
+    if mismatch is not None:
+        raise ValueError("Wan VAE checkpoint does not match the model config; " + mismatch)
     model.load_state_dict(dict(state_dict), strict=True)
 
 

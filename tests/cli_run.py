@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -29,6 +31,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_run(n: int) -> int:
+    """The first of ``n`` consecutive free ports, below Linux's ephemeral range (32768-60999), so that no process's
+    outgoing connection or torchrun's rendezvous takes one of them between this check and their use."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32768 - n)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + n):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {n} consecutive free ports in 20000-32767")
 
 
 def vidpar_cmd(args: list[str], nproc: int | None = None) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cli_run import REPO, cli_env, free_port
+from cli_run import REPO, cli_env, free_port, free_port_run
 from serve_run import Service, submit, wait_status
 from test_slurm import slurm  # noqa: F401 - the local Slurm cluster (started there if needed)
 
@@ -116,7 +116,7 @@ def _squeue(job: str) -> list[str]:
 
 def test_slurm_replicas_template_job_array(slurm, postgres, tmp_path):  # noqa: F811
     _reset(postgres)
-    base = free_port()
+    base = free_port_run(2)
     ports = [base, base + 1]  # replica i listens on VIDPAR_PORT + i
     state = tmp_path / "state"
     cmd = ["sbatch", "--parsable", "--array=0-1", "--nodes=1", "--gpus-per-node=1", "--cpus-per-task=1",

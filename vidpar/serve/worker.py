@@ -37,6 +37,7 @@ import torch
 
 from vidpar.checkpoint import REQUEUE_EXIT_CODE, SNAPSHOT, GenerationInterrupted, StopRequest
 from vidpar.lora import LoraSpec, file_sha256, lora_set_digest
+from vidpar.outputs import record_path
 from vidpar.parallel.agree import run_agreed
 
 from .control import FAILED, IDLE, INTERRUPTED, JOB, OK, ControlChannel, Report, is_collective_failure
@@ -325,7 +326,8 @@ class Worker:
         else:
             ok = store.finish(job.id, owner, JOB_FAILED, now,
                               error={"code": "generation_failed", "message": decision.error})
-            self._remove(out)
+            self._remove(out)  # this job's own file (state_dir/videos/<job id>.<format>) and its record
+            self._remove(record_path(out))
         self._remove(ckpt)
         state.metrics.job_finished(decision.status, seconds)
         if not ok:

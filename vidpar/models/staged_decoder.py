@@ -1,8 +1,20 @@
-"""The stage split of a causal video VAE decoder, shared by the families whose decoders have the same outline."""
+"""What the families' causal video VAEs share: the decoder's stage split and the check of a video/latent tensor."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+
+def check_5d(name: str, x: torch.Tensor, channels: int) -> None:
+    """``ValueError`` unless ``x`` is ``[B, channels, T, H, W]`` with no empty dimension."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 5:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a 5-D tensor [B, C, T, H, W], got {shape}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels (dim 1), got shape {tuple(x.shape)}")
+    if min(x.shape[0], x.shape[2], x.shape[3], x.shape[4]) < 1:
+        raise ValueError(f"{name} has an empty batch/time/space dim: shape {tuple(x.shape)}")
 
 
 class StagedDecoder(nn.Module):
@@ -28,4 +40,4 @@ class StagedDecoder(nn.Module):
         return [self.up_blocks[i - 2]]
 
 
-__all__ = ["StagedDecoder"]
+__all__ = ["StagedDecoder", "check_5d"]

@@ -11,7 +11,7 @@ import threading
 from contextlib import contextmanager
 
 from .jobs import QUEUED, RUNNING
-from .sql_store import SELECT, SqlJobStore, claim_update_sql
+from .sql_store import SqlJobStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -80,15 +80,7 @@ class PostgresJobStore(SqlJobStore):
         found = cur.fetchone()
         if found is None:
             return None
-        cur.execute(claim_update_sql("%s"), [owner, now + lease_s, now, found[0]])
-        cur.execute(f"{SELECT} WHERE id = %s", [found[0]])
-        return self._rows(cur)[0]
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        return self._take(cur, found[0], owner, lease_s, now)
 
 
 __all__ = ["PostgresJobStore"]

@@ -14,6 +14,9 @@ from typing import Any, Iterator
 from .jobs import CANCELLED, FINISHED, QUEUED, RUNNING, STATUSES, JobRecord, JobStore, Lease
 
 SELECT = "SELECT " + ", ".join(JobRecord.COLUMNS) + " FROM jobs"
+# Marks one job claimed (placeholders: owner, lease_until, started_at, id).
+CLAIM_UPDATE = (f"UPDATE jobs SET status = '{RUNNING}', owner = ?, lease_until = ?, attempts = attempts + 1, "
+                "started_at = COALESCE(started_at, ?) WHERE id = ?")
 
 
 class SqlJobStore(JobStore):
@@ -33,6 +36,19 @@ class SqlJobStore(JobStore):
 
     def _q(self, sql: str) -> str:
         return sql.replace("?", self.P)
+
+    def _take(self, cur, job_id: str, owner: str, lease_s: float, now: float) -> dict:
+        """Inside ``_claim``'s transaction: mark ``job_id`` (the job it found) claimed by ``owner``; its row."""
+        cur.execute(self._q(CLAIM_UPDATE), [owner, now + lease_s, now, job_id])
+        cur.execute(self._q(f"{SELECT} WHERE id = ?"), [job_id])
+        return self._rows(cur)[0]
+
+    def close(self) -> None:
+        """Close this thread's connection (subclasses keep one per thread in ``self._local.conn``)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     @staticmethod
     def _rows(cur) -> list[dict]:
@@ -138,10 +154,4 @@ class SqlJobStore(JobStore):
         return ids
 
 
-def claim_update_sql(p: str) -> str:
-    """The UPDATE that marks job ``id`` claimed (placeholders: owner, lease_until, started_at, id)."""
-    return (f"UPDATE jobs SET status = '{RUNNING}', owner = {p}, lease_until = {p}, attempts = attempts + 1, "
-            f"started_at = COALESCE(started_at, {p}) WHERE id = {p}")
-
-
-__all__ = ["SqlJobStore", "claim_update_sql"]
+__all__ = ["SqlJobStore"]

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .jobs import QUEUED, RUNNING, JobRecord
-from .sql_store import SELECT, SqlJobStore, claim_update_sql
+from .sql_store import SELECT, SqlJobStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -95,15 +95,7 @@ class SqliteJobStore(SqlJobStore):
         found = cur.fetchone()
         if found is None:
             return None
-        cur.execute(claim_update_sql("?"), [owner, now + lease_s, now, found[0]])
-        cur.execute(f"{SELECT} WHERE id = ?", [found[0]])
-        return self._rows(cur)[0]
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        return self._take(cur, found[0], owner, lease_s, now)
 
 
 __all__ = ["SqliteJobStore"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidpar.models.staged_decoder import StagedDecoder
+from vidpar.models.staged_decoder import StagedDecoder, check_5d
 
 from .vae_blocks import CausalConv3d, Downsample, MidBlock, ResnetBlock, RMSNorm, TimeCache, Upsample
 from .vae_config import HunyuanVideo15VAEConfig
@@ -133,16 +133,6 @@ class FrameDecodeLoop(nn.Module):
         return torch.cat(frames, dim=2)
 
 
-def _check_5d(name: str, x: torch.Tensor, channels: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 5:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a 5-D tensor [B, C, T, H, W], got {shape}")
-    if x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels (dim 1), got shape {tuple(x.shape)}")
-    if min(x.shape[0], x.shape[2], x.shape[3], x.shape[4]) < 1:
-        raise ValueError(f"{name} has an empty batch/time/space dim: shape {tuple(x.shape)}")
-
-
 class HunyuanVideo15VAE(nn.Module):
     """HunyuanVideo-1.5 VAE. Parameter names are diffusers' (``encoder.*``, ``decoder.*``; no quant convs), so
     ``load_state_dict`` takes a diffusers state dict as is.
@@ -183,14 +173,14 @@ class HunyuanVideo15VAE(nn.Module):
     def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         """VAE latents -> diffusion-space latents: ``(z - shift) * scaling_factor`` (``z * scaling_factor`` without a
         shift, exactly as diffusers' image-to-video pipeline scales the image latents); z ``[B, C, T, h, w]``."""
-        _check_5d("latents", z, self.config.latent_channels)
+        check_5d("latents", z, self.config.latent_channels)
         shift = self.config.shift_factor
         return (z if shift is None else z - shift) * self.config.scaling_factor
 
     def denormalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Diffusion-space latents -> VAE latents: ``z / scaling_factor (+ shift)``, as diffusers' pipelines (and the
         official one, with its shift) do before ``vae.decode``."""
-        _check_5d("latents", z, self.config.latent_channels)
+        check_5d("latents", z, self.config.latent_channels)
         z = z / self.config.scaling_factor
         shift = self.config.shift_factor
         return z if shift is None else z + shift
@@ -207,7 +197,7 @@ class HunyuanVideo15VAE(nn.Module):
             clamped (as diffusers). After ``vidpar.parallelize(vae, ctx, output="rank0")`` ranks other than 0
             return None.
         """
-        _check_5d("latents", z, self.config.latent_channels)
+        check_5d("latents", z, self.config.latent_channels)
         return self.decode_loop(self.decoder, z.to(self.decoder.conv_in.conv.weight.dtype))
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -219,7 +209,7 @@ class HunyuanVideo15VAE(nn.Module):
             ``[B, latent_channels, 1 + (F-1)/t, H/s, W/s]`` (not normalised; see :meth:`normalize_latents`).
         """
         cfg = self.config
-        _check_5d("video", video, cfg.in_channels)
+        check_5d("video", video, cfg.in_channels)
         f, h, w = video.shape[2:]
         cfg.latent_frames(f)  # raises unless F = 1 + t*k
         s = cfg.spatial_factor

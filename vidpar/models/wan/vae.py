@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidpar.models.staged_decoder import StagedDecoder
+from vidpar.models.staged_decoder import StagedDecoder, check_5d
 
 from .vae_blocks import (
     AvgDown3D,
@@ -175,16 +175,6 @@ def unpatchify(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(b, cp // (p * p), t, h * p, w * p)
 
 
-def _check_5d(name: str, x: torch.Tensor, channels: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.ndim != 5:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a 5-D tensor [B, C, T, H, W], got {shape}")
-    if x.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels (dim 1), got shape {tuple(x.shape)}")
-    if min(x.shape[0], x.shape[2], x.shape[3], x.shape[4]) < 1:
-        raise ValueError(f"{name} has an empty batch/time/space dim: shape {tuple(x.shape)}")
-
-
 class FrameDecodeLoop(nn.Module):
     """The decode loop: the decoder over latent frames one at a time (one ``FeatureCache``), then unpatchify + clamp.
 
@@ -245,13 +235,13 @@ class WanVAE(nn.Module):
 
         Written as diffusers' pipelines do (multiply by ``1/std``) so results match them bit for bit.
         """
-        _check_5d("latents", z, self.config.z_dim)
+        check_5d("latents", z, self.config.z_dim)
         mean, inv_std = self._stats(z)
         return (z - mean) * inv_std
 
     def denormalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Diffusion-space latents -> VAE latents: ``z * std + mean`` (as diffusers' ``z / (1/std) + mean``)."""
-        _check_5d("latents", z, self.config.z_dim)
+        check_5d("latents", z, self.config.z_dim)
         mean, inv_std = self._stats(z)
         return z / inv_std + mean
 
@@ -266,7 +256,7 @@ class WanVAE(nn.Module):
             video ``[B, 3, 1 + 4*(T-1), h*s, w*s]`` in [-1, 1] (s = 8 for 2.1, 16 for 2.2). After
             ``vidpar.parallelize(vae, ctx, output="rank0")`` ranks other than 0 return None.
         """
-        _check_5d("latents", z, self.config.z_dim)
+        check_5d("latents", z, self.config.z_dim)
         z = z.to(self.post_quant_conv.weight.dtype)
         x = self.post_quant_conv(z)  # 1x1x1: per pixel and per frame, so applied to all frames at once
         return self.decode_loop(self.decoder, x)
@@ -294,7 +284,7 @@ class WanVAE(nn.Module):
             ``[B, z_dim, 1 + (F-1)/4, ceil(H/s), ceil(W/s)]`` (not normalised; see :meth:`normalize_latents`).
         """
         cfg = self.config
-        _check_5d("video", video, cfg.video_channels)
+        check_5d("video", video, cfg.video_channels)
         f, h, w = video.shape[2:]
         if (f - 1) % cfg.scale_factor_temporal:
             # diffusers silently drops the trailing frames; refuse instead.
